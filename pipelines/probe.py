@@ -1,0 +1,34 @@
+"""What the decode pipeline will make of an encoded video, found by demuxing it with PyAV (no decoding)."""
+
+import io
+from dataclasses import dataclass
+
+import av
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    codec: str
+    width: int
+    height: int
+    packets: int  # DALI's video input returns one frame per video packet
+
+
+def probe(data: bytes | bytearray | memoryview) -> VideoProbe:
+    """Raise ValueError with a message for the user when `data` holds no decodable video stream."""
+    if len(data) == 0:
+        raise ValueError("the video is empty (0 bytes)")
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+                raise ValueError(f"the input has no video stream ({kinds})")
+            stream = container.streams.video[0]
+            packets = sum(1 for p in container.demux(stream) if p.size > 0)
+            codec = stream.codec_context.name
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except av.FFmpegError as e:
+        raise ValueError(f"not a video container FFmpeg can read ({len(data)} bytes): {e}") from None
+    if packets == 0:
+        raise ValueError("the video stream holds no frames")
+    return VideoProbe(codec, width, height, packets)

@@ -1,0 +1,131 @@
+"""Write a Triton model repository for one target from the description in `repo.models`.
+
+    python -m repo.build --out build/repo                          # Python-backend runner, CPU (tests, quick start)
+    python -m repo.build --out build/repo-gpu --device gpu --half  # same target on a GPU (nvidia-pytriton's server)
+    python -m repo.build --out build/repo-dali --target dali --device gpu   # native DALI backend (NGC images)
+
+Python-backend models get their `model.py` from this folder; DALI models get `dali.py` (native target, with a copy of
+`pipelines/` beside it) or the shared `dali_runner.py` (Python target). The segmenter's weights file is linked into
+its model directory.
+"""
+
+import argparse
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from export import WEIGHTS_FILE
+from repo import models
+
+HERE = Path(__file__).parent
+PROJECT = HERE.parent
+DEFAULT_WEIGHTS = PROJECT / "export" / WEIGHTS_FILE
+
+DALI_PY = '''\
+# Written by `python -m repo.build`: the DALI backend serializes this pipeline when it loads the model, so the
+# pipeline always matches the server's DALI. The graph itself is defined once, in pipelines/{module_file}.
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from nvidia.dali import pipeline_def  # noqa: E402
+from nvidia.dali.plugin.triton import autoserialize  # noqa: E402
+
+from {module} import {graph}  # noqa: E402
+
+
+@autoserialize
+@pipeline_def(batch_size={batch_size}, num_threads={num_threads}, device_id={device_id}, prefetch_queue_depth=1)
+def {name}():
+    return {graph}(**{kwargs!r})
+'''
+
+
+def dali_py(settings: models.Settings, name: str) -> str:
+    call = models.pipeline_calls(settings)[name]
+    return DALI_PY.format(
+        module=call.module,
+        module_file=call.module.split(".")[-1] + ".py",
+        graph=call.graph,
+        kwargs=call.kwargs,
+        batch_size=call.batch_size,
+        num_threads=settings.dali_threads,
+        device_id=0 if settings.device == "gpu" else None,
+        name=name,
+    )
+
+
+def build(settings: models.Settings, out: Path, weights: Path | None = None) -> Path:
+    """Write the repository into `out` (replacing what is there) and return it."""
+    if settings.random_weights_seed is None:
+        weights = weights or DEFAULT_WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"no segmenter weights at {weights}: write them with `python -m export.weights` "
+                "(or build with --random-weights SEED for tests and offline demos)"
+            )
+    if out.exists():
+        shutil.rmtree(out)
+    for name, config in models.configs(settings).items():
+        version = out / name / "1"
+        version.mkdir(parents=True)
+        (out / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+        if config.backend == "dali":
+            (version / "dali.py").write_text(dali_py(settings, name))
+            shutil.copytree(PROJECT / "pipelines", version / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
+        elif name in models.pipeline_calls(settings):
+            shutil.copy(HERE / "dali_runner.py", version / "model.py")
+        else:
+            shutil.copy(HERE / name / "model.py", version / "model.py")
+    if weights is not None and settings.random_weights_seed is None:
+        (out / models.SEGMENTER / "1" / WEIGHTS_FILE).symlink_to(weights.resolve())
+    return out
+
+
+def settings_parser() -> argparse.ArgumentParser:
+    """The options that choose `Settings`, shared by this command and the CLI's local server."""
+    parser = argparse.ArgumentParser(add_help=False)
+    defaults = models.Settings()
+    g = parser.add_argument_group("model repository")
+    g.add_argument("--target", choices=["python", "dali"], default=defaults.target)
+    g.add_argument("--device", choices=["cpu", "gpu"], default=defaults.device)
+    g.add_argument("--frames-per-chunk", type=int, default=defaults.frames_per_chunk)
+    g.add_argument("--chunks-per-response", type=int, default=defaults.chunks_per_response)
+    g.add_argument("--model-size", type=int, nargs=2, metavar=("H", "W"), default=defaults.model_size)
+    g.add_argument("--half", action="store_true", help="float16 model input and segmenter (GPU)")
+    g.add_argument("--max-batch", type=int, default=defaults.max_batch)
+    g.add_argument("--gpus", type=int, nargs="+", default=defaults.gpus)
+    g.add_argument("--decoder-instances", type=int, default=defaults.decoder_instances)
+    g.add_argument("--segmenter-instances", type=int, default=defaults.segmenter_instances)
+    g.add_argument("--masker-instances", type=int, default=defaults.masker_instances)
+    g.add_argument("--chunks-in-flight", type=int, default=defaults.chunks_in_flight)
+    g.add_argument("--random-weights", dest="random_weights_seed", type=int, metavar="SEED",
+                   help="segmenter with seeded RANDOM weights instead of a weights file (tests, offline demos)")
+    g.add_argument("--default-class", default=defaults.default_class)
+    g.add_argument("--default-threshold", type=float, default=defaults.default_threshold)
+    g.add_argument("--weights", type=Path, help=f"segmenter weights file (default: {DEFAULT_WEIGHTS})")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> models.Settings:
+    values = {f.name: getattr(args, f.name) for f in fields(models.Settings) if hasattr(args, f.name)}
+    values["model_size"] = tuple(values["model_size"])
+    values["gpus"] = tuple(values["gpus"])
+    return models.Settings(**values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[settings_parser()]
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    out = build(settings_from(args), args.out, args.weights)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

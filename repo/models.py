@@ -1,0 +1,206 @@
+"""The model repository, described once.
+
+Every model's config is built here as Triton's own `ModelConfig` protobuf from one `Settings`; `repo.build` writes
+them out. The two server targets differ only where a model runs a DALI pipeline: `backend: "dali"` with a
+`dali.py` that the native DALI backend serializes at load, or `backend: "python"` with `dali_runner.py`, which
+runs the same pipeline in the Python backend (servers without the DALI backend, like the one in nvidia-pytriton).
+
+The chain: segment_video (entry, decoupled BLS) -> video_decoder (decoupled, one response per chunk)
+-> segmenter (fcn_resnet101, per frame, dynamic batching) -> masker (per frame) -> back to the client.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export import WEIGHTS_FILE
+from pipelines import decode, mask
+
+ENTRY = "segment_video"
+DECODER = "video_decoder"
+SEGMENTER = "segmenter"
+MASKER = "masker"
+
+# The entry model's own tensors (the client's whole interface) and request parameters.
+VIDEO = "VIDEO"
+SEGMENTED = "SEGMENTED"
+FRAME_INDEX = "FRAME_INDEX"
+PROBS = mask.PROBS
+CLASS_PARAMETER = "class"
+THRESHOLD_PARAMETER = "threshold"
+
+Target = Literal["python", "dali"]
+Device = Literal["cpu", "gpu"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    target: Target = "python"
+    device: Device = "cpu"
+    frames_per_chunk: int = 16
+    chunks_per_response: int = 1
+    model_size: tuple[int, int] = (224, 224)
+    half: bool = False  # float16 model input and segmenter (GPU)
+    max_batch: int = 64  # frames per batch of the segmenter and the masker
+    gpus: tuple[int, ...] = (0,)  # GPU devices; every instance count below is per GPU
+    decoder_instances: int = 2  # videos decoded at once (per GPU)
+    segmenter_instances: int = 1
+    masker_instances: int = 1
+    chunks_in_flight: int = 2  # per video, between the decoder and the client
+    random_weights_seed: int | None = None  # None: the segmenter needs a weights file
+    default_class: str = "person"
+    default_threshold: float = 0.5
+    dali_threads: int = 2
+
+    def __post_init__(self) -> None:
+        mask.class_index(self.default_class)
+        if not 0.0 <= self.default_threshold <= 1.0:
+            raise ValueError(f"default_threshold must be in [0, 1], not {self.default_threshold}")
+        if self.frames_per_chunk < 1 or self.chunks_per_response < 1:
+            raise ValueError("frames_per_chunk and chunks_per_response must be at least 1")
+        if self.frames_per_chunk * self.chunks_per_response > self.max_batch:
+            raise ValueError("a response (frames_per_chunk * chunks_per_response) must fit in max_batch frames")
+        if self.target == "dali" and self.chunks_per_response != 1:
+            # The last response of a video may hold chunks of different lengths, which the native backend
+            # cannot return as one tensor; the Python runner concatenates them.
+            raise ValueError("the native DALI target sends one chunk per response (chunks_per_response=1)")
+
+    @property
+    def model_dtype(self) -> int:
+        return mc.TYPE_FP16 if self.half else mc.TYPE_FP32
+
+
+@dataclass(frozen=True)
+class PipelineCall:
+    """How a model builds its DALI pipeline: a graph function of `pipelines`, its arguments, the batch size."""
+
+    module: str
+    graph: str
+    kwargs: dict
+    batch_size: int
+
+
+def pipeline_calls(s: Settings) -> dict[str, PipelineCall]:
+    return {
+        DECODER: PipelineCall(
+            "pipelines.decode",
+            "decode",
+            {"device": s.device, "frames_per_chunk": s.frames_per_chunk, "model_size": list(s.model_size), "half": s.half},
+            s.chunks_per_response,
+        ),
+        MASKER: PipelineCall("pipelines.mask", "mask", {"device": s.device}, s.max_batch),
+    }
+
+
+def _tensor(cls, name: str, dtype: int, dims: list[int]):
+    return cls(name=name, data_type=dtype, dims=dims)
+
+
+def _inp(name: str, dtype: int, dims: list[int]) -> mc.ModelInput:
+    return _tensor(mc.ModelInput, name, dtype, dims)
+
+
+def _out(name: str, dtype: int, dims: list[int]) -> mc.ModelOutput:
+    return _tensor(mc.ModelOutput, name, dtype, dims)
+
+
+def _instances(s: Settings, count: int, on_gpu: bool) -> list[mc.ModelInstanceGroup]:
+    if s.device == "gpu" and on_gpu:
+        return [mc.ModelInstanceGroup(count=count, kind=mc.ModelInstanceGroup.KIND_GPU, gpus=list(s.gpus))]
+    return [mc.ModelInstanceGroup(count=count, kind=mc.ModelInstanceGroup.KIND_CPU)]
+
+
+def _parameters(config: mc.ModelConfig, values: dict[str, object]) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = value if isinstance(value, str) else json.dumps(value)
+
+
+def _dali_model(s: Settings, config: mc.ModelConfig) -> mc.ModelConfig:
+    """Point a model that runs a DALI pipeline at the target's backend."""
+    call = pipeline_calls(s)[config.name]
+    if s.target == "dali":
+        config.backend = "dali"
+        _parameters(config, {"num_threads": str(s.dali_threads)})
+    else:
+        config.backend = "python"
+        _parameters(
+            config,
+            {
+                "pipeline_module": call.module,
+                "pipeline_graph": call.graph,
+                "pipeline_kwargs": call.kwargs,
+                "pipeline_batch_size": str(call.batch_size),
+                "num_threads": str(s.dali_threads),
+            },
+        )
+    return config
+
+
+def configs(s: Settings) -> dict[str, mc.ModelConfig]:
+    h, w = s.model_size
+    n_classes = len(mask.VOC_CLASSES)
+    entry = mc.ModelConfig(
+        name=ENTRY,
+        backend="python",
+        max_batch_size=0,
+        input=[_inp(VIDEO, mc.TYPE_UINT8, [-1])],
+        output=[_out(SEGMENTED, mc.TYPE_UINT8, [-1, -1, -1, 3]), _out(FRAME_INDEX, mc.TYPE_INT64, [1])],
+        model_transaction_policy=mc.ModelTransactionPolicy(decoupled=True),
+        instance_group=_instances(s, 1, on_gpu=False),
+    )
+    _parameters(
+        entry,
+        {
+            "default_class": s.default_class,
+            "default_threshold": str(s.default_threshold),
+            "chunks_in_flight": str(s.chunks_in_flight),
+            "decoder_device": s.device,
+            "decoder_codecs": ",".join(decode.codecs_for(s.device)),
+        },
+    )
+    decoder = mc.ModelConfig(
+        name=DECODER,
+        max_batch_size=0,
+        # DALI's video input takes a batch of one encoded file: (1, bytes).
+        input=[_inp(decode.VIDEO, mc.TYPE_UINT8, [-1, -1])],
+        output=[
+            _out(decode.FRAMES, mc.TYPE_UINT8, [-1, -1, -1, -1, 3]),
+            _out(decode.MODEL_INPUT, s.model_dtype, [-1, -1, 3, h, w]),
+        ],
+        model_transaction_policy=mc.ModelTransactionPolicy(decoupled=True),
+        instance_group=_instances(s, s.decoder_instances, on_gpu=True),
+    )
+    segmenter = mc.ModelConfig(
+        name=SEGMENTER,
+        backend="python",
+        max_batch_size=s.max_batch,
+        input=[_inp(decode.MODEL_INPUT, s.model_dtype, [3, h, w])],
+        output=[_out(PROBS, s.model_dtype, [n_classes, h, w])],
+        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=2000),
+        instance_group=_instances(s, s.segmenter_instances, on_gpu=True),
+    )
+    weights = {"weights_file": WEIGHTS_FILE, "half": str(s.half).lower()}
+    if s.random_weights_seed is not None:
+        weights = {**weights, "random_weights_seed": str(s.random_weights_seed)}
+    _parameters(segmenter, weights)
+    masker = mc.ModelConfig(
+        name=MASKER,
+        max_batch_size=s.max_batch,
+        input=[
+            _inp(mask.FRAMES, mc.TYPE_UINT8, [-1, -1, 3]),
+            _inp(mask.PROBS, s.model_dtype, [n_classes, h, w]),
+            _inp(mask.CLASS_ID, mc.TYPE_INT32, [1]),
+            _inp(mask.THRESHOLD, mc.TYPE_FP32, [1]),
+        ],
+        output=[_out(mask.SEGMENTED, mc.TYPE_UINT8, [-1, -1, 3])],
+        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=1000),
+        instance_group=_instances(s, s.masker_instances, on_gpu=True),
+    )
+    return {
+        ENTRY: entry,
+        DECODER: _dali_model(s, decoder),
+        SEGMENTER: segmenter,
+        MASKER: _dali_model(s, masker),
+    }

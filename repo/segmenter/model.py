@@ -1,0 +1,49 @@
+"""The segmenter: torchvision's fcn_resnet101 with softmax, a batch of frames (N, 3, h, w) -> (N, 21, h, w).
+
+Weights come from the file named by the `weights_file` parameter in this model's version directory (written by
+`python -m export.weights`, linked there by `python -m repo.build`). Without that file the model refuses to load,
+unless the config sets `random_weights_seed`: seeded random weights, for tests and offline demos, said in the log.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+import triton_python_backend_utils as pb_utils
+
+from export import fcn
+from pipelines import decode, mask
+from repo.triton_tensors import from_torch, input_tensor
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config["parameters"].items()}
+        on_gpu = args["model_instance_kind"] == "GPU"
+        self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu")
+        self.dtype = torch.float16 if params.get("half") == "true" else torch.float32
+        weights = Path(args["model_repository"]) / args["model_version"] / params["weights_file"]
+        if "random_weights_seed" in params:
+            model = fcn.seeded(int(params["random_weights_seed"]))
+            source = f"RANDOM weights, seed {params['random_weights_seed']}: segments are meaningless"
+            pb_utils.Logger.log_warn(f"segmenter: {source} (random_weights_seed is set in the config)")
+        elif weights.is_file():
+            model, source = fcn.load(weights)
+        else:
+            raise pb_utils.TritonModelException(
+                f"segmenter: no weights file {weights}; write it with `python -m export.weights`, or set the "
+                "`random_weights_seed` parameter on purpose (tests, offline demos)"
+            )
+        pb_utils.Logger.log_info(f"segmenter: {source}")
+        self.model = model.to(self.device, self.dtype).eval()
+
+    @torch.inference_mode()
+    def execute(self, requests: list) -> list:
+        batches = [input_tensor(r, decode.MODEL_INPUT) for r in requests]
+        probs = self.model(torch.cat(batches).to(self.device, self.dtype))
+        responses = []
+        for part in torch.split(probs, [len(b) for b in batches]):
+            responses.append(pb_utils.InferenceResponse(output_tensors=[from_torch(mask.PROBS, part)]))
+        return responses
+
