@@ -2,6 +2,7 @@
 
 import io
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 
@@ -12,6 +13,7 @@ class VideoProbe:
     width: int
     height: int
     packets: int  # DALI's video input returns one frame per video packet
+    rate: Fraction | None  # average frames per second, where the container says
 
 
 def probe(data: bytes | bytearray | memoryview) -> VideoProbe:
@@ -27,8 +29,9 @@ def probe(data: bytes | bytearray | memoryview) -> VideoProbe:
             packets = sum(1 for p in container.demux(stream) if p.size > 0)
             codec = stream.codec_context.name
             width, height = stream.codec_context.width, stream.codec_context.height
+            rate = stream.average_rate or stream.guessed_rate
     except av.FFmpegError as e:
         raise ValueError(f"not a video container FFmpeg can read ({len(data)} bytes): {e}") from None
     if packets == 0:
         raise ValueError("the video stream holds no frames")
-    return VideoProbe(codec, width, height, packets)
+    return VideoProbe(codec, width, height, packets, Fraction(rate) if rate else None)

@@ -104,7 +104,9 @@ class TritonPythonModel:
         except Exception as e:  # noqa: BLE001 - every failure ends this video with an error, not the server
             for future in pending:
                 future.cancel()
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))), flags=FINAL)
+            # tritonclient hands a stream's errors to the callback without their request: say which video it was.
+            message = f"[{request.request_id()}] {e}"
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
             return
         sender.send(flags=FINAL)
 

@@ -1,0 +1,80 @@
+"""Segment a video: `segment-video VIDEO` (or `python -m stream_client VIDEO`).
+
+Without --url, a local tritonserver is started on loopback with a model repository built for this machine (the
+options under "model repository" choose it) and stopped at the end. With --url, the video goes to that server.
+Writes the segmented video (H.264 MP4), prints a line per chunk and a summary.
+
+    segment-video --sample                                  # a generated sample video
+    segment-video path/to/video.mp4 --out segmented.mp4 --class person --threshold 0.5
+    segment-video video.mp4 --url triton.example:8001 --dump-images frames/
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from repo.build import build, settings_from, settings_parser
+from repo.serve import ServerError, TritonServer
+from stream_client.sample import make_video
+from stream_client.segment import SegmentError, segment_file
+from stream_client.stream import StreamError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="segment-video",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[settings_parser()],
+    )
+    parser.add_argument("video", type=Path, nargs="?", help="the video to segment (any container and codec FFmpeg reads)")
+    parser.add_argument("--sample", action="store_true", help="segment a generated sample video instead")
+    parser.add_argument("--out", type=Path, help="the segmented video (default: VIDEO_segmented.mp4)")
+    parser.add_argument("--url", help="a running server's gRPC address, host:port (default: start one locally)")
+    parser.add_argument("--class", dest="class_name", help="the VOC class to keep (default: the server's, 'person')")
+    parser.add_argument("--threshold", type=float, help="keep pixels whose class probability is above this")
+    parser.add_argument("--dump-images", type=Path, metavar="DIR", help="also write original and segmented frames as PNG")
+    parser.add_argument("--summary-json", type=Path, help="also write the summary as JSON")
+    args = parser.parse_args(argv)
+    if (args.video is None) == (not args.sample):
+        parser.error("give a VIDEO or --sample")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="segment-video-"))
+    if args.sample:
+        args.video = make_video(workdir / "sample.mp4", frames=48, width=320, height=240)
+        print(f"sample video: {args.video} (48 frames, 320x240, H.264)", file=sys.stderr)
+    out = args.out or Path(f"{args.video.stem}_segmented.mp4")
+    if args.url:
+        summary = segment_file(args.video, out, args.url, class_name=args.class_name, threshold=args.threshold,
+                               dump_images=args.dump_images)
+    else:
+        repository = build(settings_from(args), workdir / "repo", args.weights)
+        print(f"starting a local tritonserver with {repository} ...", file=sys.stderr)
+        with TritonServer(repository) as server:
+            summary = segment_file(args.video, out, server.url, class_name=args.class_name,
+                                   threshold=args.threshold, dump_images=args.dump_images)
+    print(summary.line())
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps(summary.as_dict(), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (SegmentError, StreamError, ServerError, FileNotFoundError, ValueError) as e:
+        print(f"segment-video: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("segment-video: cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
