@@ -23,7 +23,7 @@ HERE = Path(__file__).parent
 PROJECT = HERE.parent
 DEFAULT_WEIGHTS = PROJECT / "export" / WEIGHTS_FILE
 
-DALI_PY = '''\
+DALI_PY = """\
 # Written by `python -m repo.build`: the DALI backend serializes this pipeline when it loads the model, so the
 # pipeline always matches the server's DALI. The graph itself is defined once, in pipelines/{module_file}.
 import os
@@ -41,7 +41,7 @@ from {module} import {graph}  # noqa: E402
 @pipeline_def(batch_size={batch_size}, num_threads={num_threads}, device_id={device_id}, prefetch_queue_depth=1)
 def {name}():
     return {graph}(**{kwargs!r})
-'''
+"""
 
 
 def dali_py(settings: models.Settings, name: str) -> str:
@@ -102,8 +102,13 @@ def settings_parser() -> argparse.ArgumentParser:
     g.add_argument("--segmenter-instances", type=int, default=defaults.segmenter_instances)
     g.add_argument("--masker-instances", type=int, default=defaults.masker_instances)
     g.add_argument("--chunks-in-flight", type=int, default=defaults.chunks_in_flight)
-    g.add_argument("--random-weights", dest="random_weights_seed", type=int, metavar="SEED",
-                   help="segmenter with seeded RANDOM weights instead of a weights file (tests, offline demos)")
+    g.add_argument(
+        "--random-weights",
+        dest="random_weights_seed",
+        type=int,
+        metavar="SEED",
+        help="segmenter with seeded RANDOM weights instead of a weights file (tests, offline demos)",
+    )
     g.add_argument("--default-class", default=defaults.default_class)
     g.add_argument("--default-threshold", type=float, default=defaults.default_threshold)
     g.add_argument("--weights", type=Path, help=f"segmenter weights file (default: {DEFAULT_WEIGHTS})")

@@ -73,7 +73,10 @@ class TritonPythonModel:
                     raise RuntimeError("cancelled by the client")
                 outputs = self.pipe.run()
                 # All chunks of this run as one (1, frames, ...) tensor: the last one of a video may be shorter.
-                tensors = [from_torch(name, torch.cat(_samples(out))[None]) for name, out in zip(self.outputs, outputs)]
+                tensors = [
+                    from_torch(name, torch.cat(_samples(out))[None])
+                    for name, out in zip(self.outputs, outputs, strict=True)
+                ]
                 sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
         except Exception as e:  # noqa: BLE001 - every failure ends this request, not the server
             self.pipe = self._new_pipeline()  # it may hold the rest of the video, or be dead
@@ -95,7 +98,9 @@ class TritonPythonModel:
         outputs = [torch.stack(_samples(out)) for out in self.pipe.run()]
         responses, start = [], 0
         for size in sizes:
-            tensors = [from_torch(name, out[start : start + size]) for name, out in zip(self.outputs, outputs)]
+            tensors = [
+                from_torch(name, out[start : start + size]) for name, out in zip(self.outputs, outputs, strict=True)
+            ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += size
         return responses
@@ -113,4 +118,3 @@ def _samples(out) -> list[torch.Tensor]:
         parts.append(part)
     stream.synchronize()
     return parts
-

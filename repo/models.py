@@ -87,7 +87,12 @@ def pipeline_calls(s: Settings) -> dict[str, PipelineCall]:
         DECODER: PipelineCall(
             "pipelines.decode",
             "decode",
-            {"device": s.device, "frames_per_chunk": s.frames_per_chunk, "model_size": list(s.model_size), "half": s.half},
+            {
+                "device": s.device,
+                "frames_per_chunk": s.frames_per_chunk,
+                "model_size": list(s.model_size),
+                "half": s.half,
+            },
             s.chunks_per_response,
         ),
         MASKER: PipelineCall("pipelines.mask", "mask", {"device": s.device}, s.max_batch),

@@ -24,7 +24,13 @@ def stub_binary() -> Path:
     import pytriton
 
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return Path(pytriton.__file__).parent / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
+    return (
+        Path(pytriton.__file__).parent
+        / "tritonserver"
+        / "python_backend_stubs"
+        / version
+        / "triton_python_backend_stub"
+    )
 
 
 def stub_python() -> Path:

@@ -29,13 +29,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[settings_parser()],
     )
-    parser.add_argument("video", type=Path, nargs="?", help="the video to segment (any container and codec FFmpeg reads)")
+    parser.add_argument(
+        "video", type=Path, nargs="?", help="the video to segment (any container and codec FFmpeg reads)"
+    )
     parser.add_argument("--sample", action="store_true", help="segment a generated sample video instead")
     parser.add_argument("--out", type=Path, help="the segmented video (default: VIDEO_segmented.mp4)")
     parser.add_argument("--url", help="a running server's gRPC address, host:port (default: start one locally)")
     parser.add_argument("--class", dest="class_name", help="the VOC class to keep (default: the server's, 'person')")
     parser.add_argument("--threshold", type=float, help="keep pixels whose class probability is above this")
-    parser.add_argument("--dump-images", type=Path, metavar="DIR", help="also write original and segmented frames as PNG")
+    parser.add_argument(
+        "--dump-images", type=Path, metavar="DIR", help="also write original and segmented frames as PNG"
+    )
     parser.add_argument("--summary-json", type=Path, help="also write the summary as JSON")
     args = parser.parse_args(argv)
     if (args.video is None) == (not args.sample):
@@ -50,14 +54,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"sample video: {args.video} (48 frames, 320x240, H.264)", file=sys.stderr)
     out = args.out or Path(f"{args.video.stem}_segmented.mp4")
     if args.url:
-        summary = segment_file(args.video, out, args.url, class_name=args.class_name, threshold=args.threshold,
-                               dump_images=args.dump_images)
+        summary = segment_file(
+            args.video,
+            out,
+            args.url,
+            class_name=args.class_name,
+            threshold=args.threshold,
+            dump_images=args.dump_images,
+        )
     else:
         repository = build(settings_from(args), workdir / "repo", args.weights)
         print(f"starting a local tritonserver with {repository} ...", file=sys.stderr)
         with TritonServer(repository) as server:
-            summary = segment_file(args.video, out, server.url, class_name=args.class_name,
-                                   threshold=args.threshold, dump_images=args.dump_images)
+            summary = segment_file(
+                args.video,
+                out,
+                server.url,
+                class_name=args.class_name,
+                threshold=args.threshold,
+                dump_images=args.dump_images,
+            )
     print(summary.line())
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary.as_dict(), indent=2))

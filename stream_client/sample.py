@@ -10,7 +10,9 @@ import numpy as np
 def sample_frame(i: int, height: int, width: int) -> np.ndarray:
     """A gradient background with a bright square that moves: every frame differs from its neighbours."""
     y, x = np.mgrid[0:height, 0:width]
-    frame = np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)), np.full_like(x, (i * 7) % 256)], -1)
+    frame = np.stack(
+        [(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)), np.full_like(x, (i * 7) % 256)], -1
+    )
     size = max(4, min(height, width) // 4)
     top, left = (i * 3) % max(height - size, 1), (i * 5) % max(width - size, 1)
     frame[top : top + size, left : left + size] = 255

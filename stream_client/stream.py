@@ -77,7 +77,10 @@ class SegmentationStream:
         self.client.close()
 
     def server_info(self) -> ServerInfo:
-        params = {k: v["string_value"] for k, v in self.client.get_model_config(models.ENTRY, as_json=True)["config"]["parameters"].items()}
+        params = {
+            k: v["string_value"]
+            for k, v in self.client.get_model_config(models.ENTRY, as_json=True)["config"]["parameters"].items()
+        }
         return ServerInfo(
             params["decoder_device"],
             tuple(params["decoder_codecs"].split(",")),
@@ -98,7 +101,10 @@ class SegmentationStream:
             models.ENTRY,
             [tensor],
             request_id=video,
-            outputs=[grpcclient.InferRequestedOutput(models.SEGMENTED), grpcclient.InferRequestedOutput(models.FRAME_INDEX)],
+            outputs=[
+                grpcclient.InferRequestedOutput(models.SEGMENTED),
+                grpcclient.InferRequestedOutput(models.FRAME_INDEX),
+            ],
             parameters=parameters or None,
             enable_empty_final_response=True,
         )
@@ -120,4 +126,3 @@ class SegmentationStream:
             return
         first = int(result.as_numpy(models.FRAME_INDEX)[0])
         self._events.put(Chunk(response.id, first, result.as_numpy(models.SEGMENTED)))
-

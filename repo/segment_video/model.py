@@ -1,4 +1,4 @@
-"""The entry model the client calls: one request per video, one response per chunk of segmented frames, then the final flag.
+"""The entry model the client calls: a request per video, a response per chunk of segmented frames, the final flag.
 
 Why a decoupled BLS model and not an ensemble: an ensemble step cannot take the request's class and threshold
 together with the outputs of a decoupled step (Triton refuses to load it), and a decoupled decoder inside an

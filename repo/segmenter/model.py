@@ -46,4 +46,3 @@ class TritonPythonModel:
         for part in torch.split(probs, [len(b) for b in batches]):
             responses.append(pb_utils.InferenceResponse(output_tensors=[from_torch(mask.PROBS, part)]))
         return responses
-
