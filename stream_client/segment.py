@@ -41,15 +41,13 @@ class Summary:
 class Progress:
     """A line per chunk with a bar, frames/s and the time left."""
 
-    def __init__(self, total: int, out: TextIO | None = sys.stderr, width: int = 24) -> None:
+    def __init__(self, total: int, out: TextIO, width: int = 24) -> None:
         self.total, self.out, self.width = total, out, width
         self.start = time.monotonic()
         self.chunks = 0
 
     def chunk(self, first: int, count: int, done: int) -> None:
         self.chunks += 1
-        if self.out is None:
-            return
         elapsed = time.monotonic() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else float("inf")
@@ -71,8 +69,10 @@ def segment_file(
     class_name: str | None = None,
     threshold: float | None = None,
     dump_images: Path | None = None,
-    progress_out: TextIO | None = sys.stderr,
+    progress_out: TextIO | None = None,
 ) -> Summary:
+    """`progress_out`: where the per-chunk lines go (default: standard error)."""
+    progress_out = progress_out or sys.stderr
     data = Path(source).read_bytes()
     try:
         found = probe(data)
@@ -85,7 +85,7 @@ def segment_file(
             print(
                 f"the server decodes on the {server.decoder_device} and reads {', '.join(server.codecs)}: "
                 f"re-encoding {found.codec} to {videos.CPU_CODEC} for it",
-                file=progress_out or sys.stderr,
+                file=progress_out,
             )
             data = videos.reencode_for_cpu(data, found.rate)
             reencoded = videos.CPU_CODEC

@@ -1,0 +1,75 @@
+"""Fixtures: small real videos made with PyAV, and one real tritonserver for the session."""
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from repo.build import build
+from repo.models import Settings
+from repo.serve import TritonServer
+from stream_client.sample import make_video
+from stream_client.stream import Chunk, Failed, Finished, SegmentationStream
+
+# Tiny frames: the CPU runs fcn_resnet101 at ~18 frames/s at 64x64 (~1.5 at 224x224).
+SETTINGS = Settings(model_size=(64, 64), frames_per_chunk=8, max_batch=32, random_weights_seed=0)
+
+# Codecs the server's CPU decoder reads, with the extension of their usual container.
+CPU_VIDEO = {"codec": "mjpeg", "suffix": ".mkv"}
+VP9_VIDEO = {"codec": "libvpx-vp9", "suffix": ".webm"}
+H264_VIDEO = {"codec": "libx264", "suffix": ".mp4"}
+
+
+@pytest.fixture(scope="session")
+def video(tmp_path_factory) -> Callable[..., bytes]:
+    """`video(frames, codec=..., suffix=..., width=..., height=...)` -> the encoded file's bytes."""
+    folder = tmp_path_factory.mktemp("videos")
+    counter = itertools.count()
+
+    def make(frames: int, codec: str = "mjpeg", suffix: str = ".mkv", **kwargs) -> bytes:
+        path = folder / f"v{next(counter)}{suffix}"
+        return make_video(path, frames, codec=codec, **kwargs).read_bytes()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def video_file(tmp_path_factory) -> Callable[..., Path]:
+    folder = tmp_path_factory.mktemp("files")
+    counter = itertools.count()
+
+    def make(frames: int, codec: str = "libx264", suffix: str = ".mp4", **kwargs) -> Path:
+        return make_video(folder / f"f{next(counter)}{suffix}", frames, codec=codec, **kwargs)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[TritonServer]:
+    repository = build(SETTINGS, tmp_path_factory.mktemp("repo") / "repo")
+    with TritonServer(repository) as running:
+        yield running
+
+
+@pytest.fixture
+def stream(server) -> Iterator[SegmentationStream]:
+    with SegmentationStream(server.url, idle_timeout=120) as s:
+        yield s
+
+
+def collect(stream: SegmentationStream, videos: set[str]) -> dict[str, list[Chunk] | str]:
+    """Drain the stream until every video has finished: its chunks in arrival order, or its error message."""
+    results: dict[str, list[Chunk] | str] = {v: [] for v in videos}
+    open_videos = set(videos)
+    while open_videos:
+        event = stream.next_event()
+        if isinstance(event, Failed):
+            assert event.video in open_videos, f"an error for no video in flight: {event.message}"
+            results[event.video] = event.message
+            open_videos.discard(event.video)
+        elif isinstance(event, Finished):
+            open_videos.discard(event.video)
+        else:
+            results[event.video].append(event)
+    return results

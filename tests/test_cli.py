@@ -1,0 +1,73 @@
+"""The command a user runs: an H.264 MP4 segmented through a server that decodes on the CPU, written as a video."""
+
+import json
+
+import av
+import pytest
+
+from repo.serve import ServerError, TritonServer
+from stream_client.cli import main
+
+
+def count_frames(path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_h264_mp4_is_reencoded_for_the_cpu_server_and_every_frame_is_written(server, video_file, tmp_path, capsys):
+    source = video_file(23, width=66, height=50)
+    out = tmp_path / "segmented.mp4"
+    summary = tmp_path / "summary.json"
+    images = tmp_path / "images"
+    code = main(
+        [
+            str(source),
+            "--url",
+            server.url,
+            "--out",
+            str(out),
+            "--summary-json",
+            str(summary),
+            "--class",
+            "pottedplant",
+            "--threshold",
+            "0.2",
+            "--dump-images",
+            str(images),
+        ]
+    )
+    assert code == 0
+    assert count_frames(out) == count_frames(source) == 23
+    report = json.loads(summary.read_text())
+    assert report["frames"] == 23 and report["reencoded_to"] == "mjpeg" and report["first_chunk_seconds"] > 0
+    assert len(list(images.glob("original_*.png"))) == len(list(images.glob("segmented_*.png"))) == 23
+    err = capsys.readouterr().err
+    assert "re-encoding h264 to mjpeg" in err and err.count("chunk ") == 3  # 23 frames in chunks of 8
+
+
+def test_errors_are_one_clear_line(server, tmp_path, capsys):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a video")
+    assert main([str(bad), "--url", server.url, "--out", str(tmp_path / "x.mp4")]) == 1
+    assert "not a video container FFmpeg can read" in capsys.readouterr().err
+    assert main([str(bad), "--url", "127.0.0.1:1", "--out", str(tmp_path / "x.mp4")]) == 1
+
+
+def test_local_server_is_started_and_stopped_by_the_cli(video_file, tmp_path):
+    source = video_file(10, width=32, height=32, codec="libvpx-vp9", suffix=".webm")
+    out = tmp_path / "out.mp4"
+    args = ["--random-weights", "0", "--model-size", "32", "32", "--frames-per-chunk", "4", "--decoder-instances", "1"]
+    assert main([str(source), "--out", str(out), *args]) == 0
+    assert count_frames(out) == 10
+
+
+def test_segmenter_refuses_to_start_without_weights(tmp_path):
+    from repo.build import build
+    from repo.models import Settings
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")
+    repository = build(Settings(model_size=(32, 32)), tmp_path / "repo", weights=weights)
+    (repository / "segmenter" / "1" / "fcn_resnet101.pt").unlink()
+    with pytest.raises(ServerError, match="no weights file"):
+        TritonServer(repository, ready_timeout=120).start()
