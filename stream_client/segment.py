@@ -24,6 +24,7 @@ class Summary:
     seconds: float
     frames_per_second: float
     first_chunk_seconds: float | None
+    kept_pixels: float  # the share of pixels the mask kept, over the whole video
     reencoded_to: str | None  # the codec the client re-encoded to for a CPU server, if it did
 
     def line(self) -> str:
@@ -31,7 +32,7 @@ class Summary:
         note = f", re-encoded to {self.reencoded_to} for the server's CPU decoder" if self.reencoded_to else ""
         return (
             f"{self.frames} frames in {self.seconds:.1f} s: {self.frames_per_second:.1f} frames/s, "
-            f"first chunk after {first}{note} -> {self.output}"
+            f"first chunk after {first}, {100 * self.kept_pixels:.1f} % of pixels kept{note} -> {self.output}"
         )
 
     def as_dict(self) -> dict:
@@ -96,6 +97,7 @@ def segment_file(
         progress = Progress(found.packets, progress_out)
         reorder = Reorderer()
         first_chunk = None
+        kept = total = 0
         start = time.monotonic()
         stream.send("video", data, class_name=class_name, threshold=threshold)
         with videos.VideoWriter(Path(output), found.rate) as writer:
@@ -110,6 +112,8 @@ def segment_file(
                     break
                 assert isinstance(event, Chunk)
                 first_chunk = first_chunk if first_chunk is not None else time.monotonic() - start
+                kept += int(event.frames.any(axis=-1).sum())
+                total += event.frames.shape[0] * event.frames.shape[1] * event.frames.shape[2]
                 for frame in reorder.push(event.first, event.frames):
                     if originals is not None:
                         videos.save_image(dump_images / f"original_{writer.count:06d}.png", next(originals))
@@ -120,4 +124,13 @@ def segment_file(
     reorder.finish()
     if writer.count != found.packets:
         raise SegmentError(f"{writer.count} frames came back for the {found.packets} of {source}")
-    return Summary(str(source), str(output), writer.count, seconds, writer.count / seconds, first_chunk, reencoded)
+    return Summary(
+        str(source),
+        str(output),
+        writer.count,
+        seconds,
+        writer.count / seconds,
+        first_chunk,
+        kept / max(total, 1),
+        reencoded,
+    )
