@@ -11,6 +11,7 @@ import argparse
 import os
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from repo.stub_env import SITE_VARIABLE
 
 
 class ServerError(RuntimeError):
@@ -87,7 +90,10 @@ class TritonServer:
 
     def start(self) -> "TritonServer":
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, SITE_VARIABLE: site.getsitepackages()[0]}  # the stub imports from this environment
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

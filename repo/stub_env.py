@@ -3,7 +3,9 @@
 The stub in the nvidia-pytriton wheel (`python_backend_stubs/3.X/triton_python_backend_stub`) embeds the libpython it
 finds on the system, not this virtualenv's Python, and ignores PYTHONPATH. A `.pth` file in that Python's site
 directory that adds this environment's site-packages (with `site.addsitedir`, so that the project's editable
-install is seen too) lets the stub import numpy, torch, DALI and the project.
+install is seen too) lets the stub import numpy, torch, DALI and the project. The environment variable
+`TRITON_STUB_SITE_PACKAGES`, which `repo.serve` sets to its own environment's, takes precedence over the path the
+file names, so that several checkouts and environments on one machine each serve their own code.
 
     python -m repo.stub_env            # say which Python the stub runs and whether it sees what it needs
     python -m repo.stub_env --install  # write the .pth file, then check
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 PTH_NAME = "triton-video-segmentation.pth"
+SITE_VARIABLE = "TRITON_STUB_SITE_PACKAGES"
 NEEDED = "import numpy, torch, torchvision, av, nvidia.dali, pipelines, export, repo; print(numpy.__version__)"
 
 
@@ -59,7 +62,8 @@ def install(python: Path) -> Path:
     ).stdout.strip()
     pth = Path(target_dir) / PTH_NAME
     pth.parent.mkdir(parents=True, exist_ok=True)
-    pth.write_text(f"import site; site.addsitedir({site.getsitepackages()[0]!r})\n")
+    default = site.getsitepackages()[0]
+    pth.write_text(f"import os, site; site.addsitedir(os.environ.get({SITE_VARIABLE!r}) or {default!r})\n")
     return pth
 
 
