@@ -3,6 +3,7 @@
 import io
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import av
 
@@ -16,12 +17,13 @@ class VideoProbe:
     rate: Fraction | None  # average frames per second, where the container says
 
 
-def probe(data: bytes | bytearray | memoryview) -> VideoProbe:
-    """Raise ValueError with a message for the user when `data` holds no decodable video stream."""
-    if len(data) == 0:
+def probe(data: bytes | bytearray | memoryview | Path) -> VideoProbe:
+    """Raise ValueError with a message for the user when `data` (bytes or a file) holds no decodable video stream."""
+    size = data.stat().st_size if isinstance(data, Path) else len(data)
+    if size == 0:
         raise ValueError("the video is empty (0 bytes)")
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with av.open(str(data) if isinstance(data, Path) else io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
                 kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
                 raise ValueError(f"the input has no video stream ({kinds})")
@@ -31,7 +33,7 @@ def probe(data: bytes | bytearray | memoryview) -> VideoProbe:
             width, height = stream.codec_context.width, stream.codec_context.height
             rate = stream.average_rate or stream.guessed_rate
     except av.FFmpegError as e:
-        raise ValueError(f"not a video container FFmpeg can read ({len(data)} bytes): {e}") from None
+        raise ValueError(f"not a video container FFmpeg can read ({size} bytes): {e}") from None
     if packets == 0:
         raise ValueError("the video stream holds no frames")
     return VideoProbe(codec, width, height, packets, Fraction(rate) if rate else None)

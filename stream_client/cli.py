@@ -7,6 +7,8 @@ Writes the segmented video (H.264 MP4), prints a line per chunk and a summary.
     segment-video --sample                                  # a generated sample video
     segment-video path/to/video.mp4 --out segmented.mp4 --class person --threshold 0.5
     segment-video video.mp4 --url triton.example:8001 --dump-images frames/
+    segment-video hour.mp4 --url gpu-a:8001 --url gpu-b:8001 --window 8  # watch hour_segmented.mp4.parts/playlist.m3u8
+    segment-video hour.mp4 --url gpu-a:8001 --resume                      # after a crash: go on where it stopped
 """
 
 import argparse
@@ -17,8 +19,9 @@ from pathlib import Path
 
 from repo.build import build, settings_from, settings_parser
 from repo.serve import ServerError, TritonServer
+from stream_client.output import PLAYLIST
 from stream_client.sample import make_video
-from stream_client.segment import SegmentError, segment_file
+from stream_client.segment import SegmentError, parts_folder, segment_file
 from stream_client.stream import StreamError
 
 
@@ -34,13 +37,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--sample", action="store_true", help="segment a generated sample video instead")
     parser.add_argument("--out", type=Path, help="the segmented video (default: VIDEO_segmented.mp4)")
-    parser.add_argument("--url", help="a running server's gRPC address, host:port (default: start one locally)")
+    parser.add_argument(
+        "--url",
+        action="append",
+        dest="urls",
+        metavar="HOST:PORT",
+        help="a running server's gRPC address; repeat it to spread segments over several servers "
+        "(default: start one locally)",
+    )
     parser.add_argument("--class", dest="class_name", help="the VOC class to keep (default: the server's, 'person')")
     parser.add_argument("--threshold", type=float, help="keep pixels whose class probability is above this")
     parser.add_argument(
         "--dump-images", type=Path, metavar="DIR", help="also write original and segmented frames as PNG"
     )
     parser.add_argument("--summary-json", type=Path, help="also write the summary as JSON")
+    long = parser.add_argument_group("long videos")
+    long.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=10.0,
+        help="cut the video at the first safe keyframe after this many seconds (default 10)",
+    )
+    long.add_argument("--segment-bytes", type=int, help="... or after this many bytes")
+    long.add_argument("--window", type=int, default=2, help="segments in flight at once (default 2)")
+    long.add_argument("--retries", type=int, default=1, help="times a segment the server rejected is sent again")
+    long.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the run recorded beside --out, from its first unfinished segment",
+    )
     args = parser.parse_args(argv)
     if (args.video is None) == (not args.sample):
         parser.error("give a VIDEO or --sample")
@@ -53,27 +78,18 @@ def run(args: argparse.Namespace) -> int:
         args.video = make_video(workdir / "sample.mp4", frames=48, width=320, height=240)
         print(f"sample video: {args.video} (48 frames, 320x240, H.264)", file=sys.stderr)
     out = args.out or Path(f"{args.video.stem}_segmented.mp4")
-    if args.url:
-        summary = segment_file(
-            args.video,
-            out,
-            args.url,
-            class_name=args.class_name,
-            threshold=args.threshold,
-            dump_images=args.dump_images,
-        )
+    job = dict(
+        class_name=args.class_name, threshold=args.threshold, window=args.window, max_seconds=args.segment_seconds,
+        max_bytes=args.segment_bytes, resume=args.resume, retries=args.retries, dump_images=args.dump_images,
+    )  # fmt: skip
+    print(f"watch it while it runs: {parts_folder(out) / PLAYLIST}", file=sys.stderr)
+    if args.urls:
+        summary = segment_file(args.video, out, args.urls, **job)
     else:
         repository = build(settings_from(args), workdir / "repo", args.weights)
         print(f"starting a local tritonserver with {repository} ...", file=sys.stderr)
         with TritonServer(repository) as server:
-            summary = segment_file(
-                args.video,
-                out,
-                server.url,
-                class_name=args.class_name,
-                threshold=args.threshold,
-                dump_images=args.dump_images,
-            )
+            summary = segment_file(args.video, out, server.url, **job)
     print(summary.line())
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary.as_dict(), indent=2))

@@ -55,11 +55,12 @@ class ServerInfo:
 class SegmentationStream:
     """`with SegmentationStream(url) as stream:` then `stream.send(...)` and `stream.next_event()`."""
 
-    def __init__(self, url: str, *, idle_timeout: float = 300.0) -> None:
+    def __init__(self, url: str, *, idle_timeout: float = 300.0, events: "queue.Queue[Event] | None" = None) -> None:
+        """`events`: a queue to share with other streams (several servers, one consumer)."""
         self.url = url
         self.idle_timeout = idle_timeout
         self.client = grpcclient.InferenceServerClient(url)
-        self._events: queue.Queue[Event] = queue.Queue()
+        self._events: queue.Queue[Event] = events if events is not None else queue.Queue()
 
     def __enter__(self) -> "SegmentationStream":
         try:
@@ -118,7 +119,8 @@ class SegmentationStream:
     def _on_response(self, result: grpcclient.InferResult | None, error: InferenceServerException | None) -> None:
         if error is not None:
             found = _ERROR.match(error.message() or "")
-            self._events.put(Failed(found["video"], found["message"]) if found else Failed(None, str(error)))
+            failed = Failed(found["video"], found["message"]) if found else Failed(None, f"{self.url}: {error}")
+            self._events.put(failed)
             return
         response = result.get_response()
         if response.parameters["triton_final_response"].bool_param:

@@ -1,0 +1,183 @@
+"""Split an encoded video at safe keyframes into independently decodable Matroska segments, without re-encoding.
+
+A keyframe is a safe cut when decoding from it alone gives exactly the frames the whole file gives from there on:
+- every packet before it in decode order is shown before it, and every packet after it is shown after it (no leading
+  pictures, which in open GOPs reference the previous GOP; checked on the packets' pts);
+- for H.264 it is an IDR picture, or an I picture with a recovery point SEI (recovery_frame_cnt 0, exact match);
+  for HEVC it is an IRAP picture (IDR, CRA, BLA); other codecs trust the container's keyframe flag.
+"""
+
+import io
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from itertools import islice
+from pathlib import Path
+
+import av
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """Where segment `index` lies: packets [first_packet, end_packet) of the video stream, counted in demux order
+    over its non-empty packets."""
+
+    index: int
+    first_packet: int
+    end_packet: int
+    first_frame: int
+    frames: int
+    start_pts: float
+    size: int  # bytes of its packets
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of the video that decodes on its own to the whole decode's frames [first_frame, first_frame+frames)."""
+
+    index: int  # 0, 1, 2, ...
+    first_frame: int  # index, in display order of the whole video, of this segment's first frame
+    frames: int  # how many frames decoding this segment gives
+    data: bytes  # a Matroska file holding only the video stream's packets of this segment
+    start_pts: float  # presentation time (s) of its first frame in the source
+
+
+def plan(path: Path, *, max_seconds: float | None = 10.0, max_bytes: int | None = None) -> list[SegmentPlan]:
+    """Plan the segments: each ends at the first safe keyframe at or past either limit (None: no limit; 0: cut at
+    every safe keyframe).
+
+    Only demuxes; reads the bytes of keyframe packets of H.264 and HEVC to check their NAL units."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        time_base = stream.time_base or Fraction(1, 1)
+        nal_check = _nal_checker(stream.codec_context.name, bytes(stream.codec_context.extradata or b""))
+        times, sizes = array("q"), array("q")
+        candidates: list[int] = []  # keyframes whose bitstream allows a clean start
+        timed = True
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if ts is None:
+                timed = False
+                ts = 0
+            if packet.is_keyframe and len(times) and (nal_check is None or nal_check(bytes(packet))):
+                candidates.append(len(times))
+            times.append(ts)
+            sizes.append(packet.size)
+    count = len(times)
+    if not count:
+        return []
+    offsets = array("q", [0])  # offsets[i]: the bytes of packets before i
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    starts = [0]
+    for cut in _safe_cuts(times, candidates) if timed else []:
+        seconds = float((times[cut] - times[starts[-1]]) * time_base)
+        size = offsets[cut] - offsets[starts[-1]]
+        if (max_seconds is not None and seconds >= max_seconds) or (max_bytes is not None and size >= max_bytes):
+            starts.append(cut)
+    plans = []
+    first_frame = 0
+    for i, (start, end) in enumerate(zip(starts, [*starts[1:], count], strict=True)):
+        start_pts = float(min(times[start:end]) * time_base)
+        plans.append(SegmentPlan(i, start, end, first_frame, end - start, start_pts, offsets[end] - offsets[start]))
+        first_frame += end - start
+    return plans
+
+
+_plan = plan
+
+
+def segments(path: Path, plan: list[SegmentPlan] | None = None, **limits) -> Iterator[Segment]:
+    """Yield the segments of `plan` (by default `plan(path, **limits)`) one at a time, as standalone Matroska files."""
+    if plan is None:
+        plan = _plan(path, **limits)
+    if not plan:
+        return
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = (packet for packet in container.demux(stream) if packet.size)
+        position = 0
+        for part in plan:
+            for _ in islice(packets, part.first_packet - position):  # a hand-made plan may skip packets
+                pass
+            out = io.BytesIO()
+            with av.open(out, "w", format="matroska") as output:
+                target = output.add_stream_from_template(stream)
+                for packet in islice(packets, part.end_packet - part.first_packet):
+                    packet.stream = target
+                    output.mux(packet)
+            position = part.end_packet
+            yield Segment(part.index, part.first_frame, part.frames, out.getvalue(), part.start_pts)
+
+
+def _safe_cuts(times: array, candidates: list[int]) -> list[int]:
+    """The candidates (ascending) before which every packet is shown earlier and after which every one later."""
+    count = len(times)
+    later = array("q", times)  # later[i]: the earliest time of packets i.. in decode order
+    for i in range(count - 2, -1, -1):
+        later[i] = min(later[i], later[i + 1])
+    cuts, latest, seen = [], times[0], 1  # latest: the latest time of packets 0..seen-1
+    for i in candidates:
+        latest, seen = max(latest, max(times[seen:i], default=latest)), i
+        if latest < times[i] and (i + 1 == count or later[i + 1] > times[i]):
+            cuts.append(i)
+    return cuts
+
+
+def _nal_checker(codec: str, extradata: bytes) -> Callable[[bytes], bool] | None:
+    """For H.264 and HEVC, a function telling whether a keyframe packet's NAL units start a clean decode."""
+    if codec == "h264":
+        length_size = (extradata[4] & 3) + 1 if len(extradata) > 4 and extradata[0] == 1 else 0
+        return lambda data: _h264_clean(_nal_units(data, length_size))
+    if codec == "hevc":
+        length_size = (extradata[21] & 3) + 1 if len(extradata) > 22 and extradata[0] == 1 else 0
+        return lambda data: any(16 <= (unit[0] >> 1) & 0x3F <= 23 for unit in _nal_units(data, length_size) if unit)
+    return None
+
+
+def _nal_units(data: bytes, length_size: int) -> list[bytes]:
+    """The NAL units of a packet: length-prefixed (avcC/hvcC, `length_size` bytes) or else Annex B."""
+    units, pos = [], 0
+    while length_size and pos + length_size <= len(data):
+        size = int.from_bytes(data[pos : pos + length_size], "big")
+        pos += length_size
+        units.append(data[pos : pos + size])
+        pos += size
+    if length_size and pos == len(data):
+        return units
+    return [unit for part in data.split(b"\x00\x00\x01") if (unit := part.rstrip(b"\x00"))]
+
+
+def _h264_clean(units: list[bytes]) -> bool:
+    """An IDR picture, or an I picture with a recovery point SEI that recovers exactly at once."""
+    types = [unit[0] & 0x1F for unit in units if unit]
+    if 5 in types:
+        return True
+    return any(_h264_recovers_at_once(unit) for unit in units if unit and unit[0] & 0x1F == 6)
+
+
+def _h264_recovers_at_once(sei: bytes) -> bool:
+    """Whether an SEI NAL unit holds a recovery point with recovery_frame_cnt 0 and exact_match_flag 1."""
+    rbsp = sei[1:].replace(b"\x00\x00\x03", b"\x00\x00")
+    pos = 0
+    while pos < len(rbsp) and rbsp[pos:] != b"\x80":
+        kind = size = 0
+        while pos < len(rbsp) and rbsp[pos] == 0xFF:
+            kind, pos = kind + 255, pos + 1
+        if pos >= len(rbsp):
+            return False
+        kind, pos = kind + rbsp[pos], pos + 1
+        while pos < len(rbsp) and rbsp[pos] == 0xFF:
+            size, pos = size + 255, pos + 1
+        if pos >= len(rbsp):
+            return False
+        size, pos = size + rbsp[pos], pos + 1
+        if kind == 6 and size:
+            bits = "".join(f"{byte:08b}" for byte in rbsp[pos : pos + size])
+            zeros = len(bits) - len(bits.lstrip("0"))  # ue(v): recovery_frame_cnt is 0 when its code is "1"
+            return zeros == 0 and len(bits) > 1 and bits[1] == "1"
+        pos += size
+    return False
