@@ -203,7 +203,9 @@ def segment_file(
             index = state.segment.index
             if state.writer.count != state.segment.frames:
                 raise SegmentError(f"segment {index}: {state.writer.count} frames came back of {state.segment.frames}")
-            audio_from = None if index == 0 else plan[index].start_pts
+            # From 0 for the first segment: the muxer would shift the whole file to make a negative pts (an AAC
+            # encoder's priming packet) non-negative, and the frames would lose their timestamps.
+            audio_from = 0.0 if index == 0 else plan[index].start_pts
             audio_until = plan[index + 1].start_pts if index + 1 < len(plan) else None
             manifest.done[index] = state.writer.close(audio_from, audio_until, frame_duration)
             manifest.save(parts)

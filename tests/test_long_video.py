@@ -1,0 +1,156 @@
+"""Videos several segments long through real servers: frame-exact output, resume after a crash, cancellation."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import SETTINGS, collect
+from tritonclient.grpc import InferenceServerClient
+
+from repo.build import build
+from repo.serve import TritonServer
+from stream_client.output import PLAYLIST
+from stream_client.sample import sample_frame
+from stream_client.segment import parts_folder, segment_file
+from stream_client.stream import SegmentationStream
+
+RATE = 25
+
+
+def make_av(path: Path, frames: int, *, audio: bool = True, width: int = 64, height: int = 48) -> Path:
+    """H.264 with B-frames and a keyframe every 10 frames, and an AAC track: what a camera or an editor writes."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.options = {"g": "10", "bf": "2", "keyint_min": "10", "sc_threshold": "0"}
+        sound = container.add_stream("aac", rate=8000) if audio else None
+        samples = 0
+        for i in range(frames):
+            image = av.VideoFrame.from_ndarray(sample_frame(i, height, width), format="rgb24")
+            container.mux(video.encode(image))
+            while sound is not None and samples < (i + 1) * 8000 // RATE:
+                tone = (np.sin(np.arange(samples, samples + 1024) * 0.05) * 0.3).astype(np.float32)[None]
+                chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = 8000, samples
+                container.mux(sound.encode(chunk))
+                samples += 1024
+        container.mux(video.encode())
+        if sound is not None:
+            container.mux(sound.encode())
+    return path
+
+
+def decoded(path: Path) -> tuple[list[Fraction], np.ndarray]:
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    return [f.pts * f.time_base for f in frames], np.stack([f.to_ndarray(format="rgb24") for f in frames])
+
+
+def audio_seconds(path: Path) -> float:
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return 0.0
+        return sum(f.samples for f in container.decode(audio=0)) / container.streams.audio[0].rate
+
+
+def assert_frame_exact(source: Path, out: Path) -> None:
+    """Every input frame once, in order, with the input's timestamps (threshold 0 keeps every pixel)."""
+    times_in, frames_in = decoded(source)
+    times_out, frames_out = decoded(out)
+    assert len(times_out) == len(times_in)
+    assert max(abs(float(a - b)) for a, b in zip(times_in, times_out, strict=True)) < 1e-3
+    # Lossy on the way (H.264 -> MJPEG for the CPU decoder -> H.264): each output frame is nearest to its own input.
+    distance = np.abs(frames_out[:, None].astype(np.int16) - frames_in[None].astype(np.int16)).mean(axis=(2, 3, 4))
+    assert (distance.argmin(axis=1) == np.arange(len(frames_in))).all()
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_a_video_several_segments_long_comes_back_frame_exact(server, tmp_path, window):
+    source = make_av(tmp_path / "in.mp4", 47)
+    out = tmp_path / "out.mp4"
+    summary = segment_file(source, out, server.url, threshold=0.0, window=window, max_seconds=0.3,
+                           progress_out=io.StringIO())  # fmt: skip
+    assert summary.segments == 5  # keyframes every 10 frames: 0.4 s segments
+    assert summary.frames == 47
+    assert_frame_exact(source, out)
+    assert abs(audio_seconds(out) - audio_seconds(source)) < 0.15  # the audio came along, unchanged
+    playlist = (parts_folder(out) / PLAYLIST).read_text()
+    assert playlist.count(".ts") == 5 and "#EXT-X-ENDLIST" in playlist
+
+
+def test_segments_are_spread_over_several_servers(server, tmp_path):
+    repository = build(SETTINGS, tmp_path / "repo")
+    with TritonServer(repository) as second:
+        source = make_av(tmp_path / "in.mp4", 40, audio=False)
+        segment_file(source, tmp_path / "out.mp4", [server.url, second.url], threshold=0.0, window=4,
+                     max_seconds=0.3, progress_out=io.StringIO())  # fmt: skip
+        for url in (server.url, second.url):
+            stats = InferenceServerClient(url).get_inference_statistics("segment_video", as_json=True)
+            assert int(stats["model_stats"][0]["inference_count"]) >= 1, url
+        assert_frame_exact(source, tmp_path / "out.mp4")
+
+
+def cli(source: Path, out: Path, url: str, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "stream_client", str(source), "--out", str(out), "--url", url,
+               "--threshold", "0", "--segment-seconds", "0.3", "--window", "1", *extra]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_resume_after_the_server_is_killed_gives_the_uninterrupted_output(server, tmp_path):
+    source = make_av(tmp_path / "in.mp4", 80)
+    whole = tmp_path / "whole.mp4"
+    segment_file(source, whole, server.url, threshold=0.0, window=1, max_seconds=0.3, progress_out=io.StringIO())
+
+    repository = build(SETTINGS, tmp_path / "repo")
+    out = tmp_path / "resumed.mp4"
+    doomed = TritonServer(repository).start()
+    run = cli(source, out, doomed.url)
+    playlist = parts_folder(out) / PLAYLIST
+    wait_for(lambda: playlist.exists() and playlist.read_text().count(".ts") >= 2)
+    assert "#EXT-X-ENDLIST" not in playlist.read_text()  # a player can open it while it runs
+    os.killpg(doomed.proc.pid, signal.SIGKILL)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1 and "--resume" in err, err
+    assert not out.exists()
+
+    with TritonServer(repository) as restarted:
+        again = cli(source, out, restarted.url, "--resume")
+        summary, err = again.communicate(timeout=300)
+        assert again.returncode == 0, err
+    assert "from a previous run" in summary
+    times_whole, frames_whole = decoded(whole)
+    times_resumed, frames_resumed = decoded(out)
+    assert times_resumed == times_whole
+    np.testing.assert_array_equal(frames_resumed, frames_whole)
+
+
+def test_a_cancelled_run_leaves_the_server_serving(server, video, tmp_path):
+    source = make_av(tmp_path / "in.mp4", 120, audio=False)
+    run = cli(source, tmp_path / "out.mp4", server.url)
+    lines = []
+    while not any("chunk" in line for line in lines):
+        lines.append(run.stderr.readline())
+        assert lines[-1], "the client ended before its first chunk"
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    with SegmentationStream(server.url) as stream:
+        stream.send("after", video(9))
+        result = collect(stream, {"after"})["after"]
+    assert not isinstance(result, str), result
+    assert sum(len(c.frames) for c in result) == 9
