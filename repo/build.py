@@ -96,6 +96,7 @@ def settings_parser() -> argparse.ArgumentParser:
     g.add_argument("--chunks-per-response", type=int, default=defaults.chunks_per_response)
     g.add_argument("--model-size", type=int, nargs=2, metavar=("H", "W"), default=defaults.model_size)
     g.add_argument("--half", action="store_true", help="float16 model input and segmenter (GPU)")
+    g.add_argument("--channels-last", action="store_true", help="the segmenter in channels_last memory format (GPU)")
     g.add_argument("--max-batch", type=int, default=defaults.max_batch)
     g.add_argument("--gpus", type=int, nargs="+", default=defaults.gpus)
     g.add_argument("--decoder-instances", type=int, default=defaults.decoder_instances)

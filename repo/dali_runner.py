@@ -67,15 +67,18 @@ class TritonPythonModel:
             if video.ndim != 2 or video.shape[0] != 1:
                 raise ValueError(f"{decode.VIDEO} must be one encoded video of shape (1, bytes), not {video.shape}")
             chunks = math.ceil(probe(video[0].data).packets / self.kwargs["frames_per_chunk"])
+            wanted = set(request.requested_output_names()) or set(self.outputs)
             self.pipe.feed_input(decode.VIDEO, [video[0]])
             for _ in range(math.ceil(chunks / self.batch_size)):
                 if request.is_cancelled():
                     raise RuntimeError("cancelled by the client")
                 outputs = self.pipe.run()
                 # All chunks of this run as one (1, frames, ...) tensor: the last one of a video may be shorter.
+                # Only what the caller asked for is copied out and sent (frames are 20x the model input's bytes).
                 tensors = [
                     from_torch(name, torch.cat(_samples(out))[None])
                     for name, out in zip(self.outputs, outputs, strict=True)
+                    if name in wanted
                 ]
                 sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
         except Exception as e:  # noqa: BLE001 - every failure ends this request, not the server
@@ -97,9 +100,12 @@ class TritonPythonModel:
             self.pipe.feed_input(name, samples)
         outputs = [torch.stack(_samples(out)) for out in self.pipe.run()]
         responses, start = [], 0
-        for size in sizes:
+        for request, size in zip(requests, sizes, strict=True):
+            wanted = set(request.requested_output_names()) or set(self.outputs)
             tensors = [
-                from_torch(name, out[start : start + size]) for name, out in zip(self.outputs, outputs, strict=True)
+                from_torch(name, out[start : start + size])
+                for name, out in zip(self.outputs, outputs, strict=True)
+                if name in wanted
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += size

@@ -22,14 +22,19 @@ ENTRY = "segment_video"
 DECODER = "video_decoder"
 SEGMENTER = "segmenter"
 MASKER = "masker"
+CLASS_MASKER = "class_masker"  # the mask alone, for requests that want no pixels back
 
 # The entry model's own tensors (the client's whole interface) and request parameters.
 VIDEO = "VIDEO"
-SEGMENTED = "SEGMENTED"
+SEGMENTED = mask.SEGMENTED
+MASK = mask.MASK
 FRAME_INDEX = "FRAME_INDEX"
 PROBS = mask.PROBS
 CLASS_PARAMETER = "class"
 THRESHOLD_PARAMETER = "threshold"
+RETURNS_PARAMETER = "returns"
+# What a request gets back: the segmented frames (frame size), the class mask (model size), or both.
+RETURNS = {"segmented": (SEGMENTED,), "mask": (MASK,), "both": (SEGMENTED, MASK)}
 
 Target = Literal["python", "dali"]
 Device = Literal["cpu", "gpu"]
@@ -43,6 +48,7 @@ class Settings:
     chunks_per_response: int = 1
     model_size: tuple[int, int] = (224, 224)
     half: bool = False  # float16 model input and segmenter (GPU)
+    channels_last: bool = False  # the segmenter's memory format (GPU)
     max_batch: int = 64  # frames per batch of the segmenter and the masker
     gpus: tuple[int, ...] = (0,)  # GPU devices; every instance count below is per GPU
     decoder_instances: int = 2  # videos decoded at once (per GPU)
@@ -53,6 +59,8 @@ class Settings:
     default_class: str = "person"
     default_threshold: float = 0.5
     dali_threads: int = 2
+    cuda_pool_bytes: int = 4 << 30  # Triton's CUDA memory pool, per GPU
+    shm_bytes: int = 64 << 20  # the Python backend's shared memory region per model instance, to start with
 
     def __post_init__(self) -> None:
         mask.class_index(self.default_class)
@@ -95,7 +103,8 @@ def pipeline_calls(s: Settings) -> dict[str, PipelineCall]:
             },
             s.chunks_per_response,
         ),
-        MASKER: PipelineCall("pipelines.mask", "mask", {"device": s.device}, s.max_batch),
+        MASKER: PipelineCall("pipelines.mask", "mask", {"device": s.device, "with_frames": True}, s.max_batch),
+        CLASS_MASKER: PipelineCall("pipelines.mask", "mask", {"device": s.device, "with_frames": False}, s.max_batch),
     }
 
 
@@ -122,6 +131,14 @@ def _parameters(config: mc.ModelConfig, values: dict[str, object]) -> None:
         config.parameters[key].string_value = value if isinstance(value, str) else json.dumps(value)
 
 
+def _python_model(s: Settings, config: mc.ModelConfig) -> mc.ModelConfig:
+    config.backend = "python"
+    if s.device == "gpu":
+        # Keep GPU tensors on the GPU between models (the Python backend copies inputs to the CPU by default).
+        _parameters(config, {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"})
+    return config
+
+
 def _dali_model(s: Settings, config: mc.ModelConfig) -> mc.ModelConfig:
     """Point a model that runs a DALI pipeline at the target's backend."""
     call = pipeline_calls(s)[config.name]
@@ -129,7 +146,7 @@ def _dali_model(s: Settings, config: mc.ModelConfig) -> mc.ModelConfig:
         config.backend = "dali"
         _parameters(config, {"num_threads": str(s.dali_threads)})
     else:
-        config.backend = "python"
+        _python_model(s, config)
         _parameters(
             config,
             {
@@ -143,24 +160,49 @@ def _dali_model(s: Settings, config: mc.ModelConfig) -> mc.ModelConfig:
     return config
 
 
+def _masker(s: Settings, name: str, with_frames: bool) -> mc.ModelConfig:
+    h, w = s.model_size
+    inputs = [
+        _inp(mask.PROBS, s.model_dtype, [len(mask.VOC_CLASSES), h, w]),
+        _inp(mask.CLASS_ID, mc.TYPE_INT32, [1]),
+        _inp(mask.THRESHOLD, mc.TYPE_FP32, [1]),
+    ]
+    outputs = [_out(mask.MASK, mc.TYPE_UINT8, [h, w])]
+    if with_frames:
+        inputs.insert(0, _inp(mask.FRAMES, mc.TYPE_UINT8, [-1, -1, 3]))
+        outputs.insert(0, _out(mask.SEGMENTED, mc.TYPE_UINT8, [-1, -1, 3]))
+    config = mc.ModelConfig(
+        name=name,
+        max_batch_size=s.max_batch,
+        input=inputs,
+        output=outputs,
+        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=1000),
+        instance_group=_instances(s, s.masker_instances, on_gpu=True),
+    )
+    return _dali_model(s, config)
+
+
 def configs(s: Settings) -> dict[str, mc.ModelConfig]:
     h, w = s.model_size
-    n_classes = len(mask.VOC_CLASSES)
     entry = mc.ModelConfig(
         name=ENTRY,
-        backend="python",
         max_batch_size=0,
         input=[_inp(VIDEO, mc.TYPE_UINT8, [-1])],
-        output=[_out(SEGMENTED, mc.TYPE_UINT8, [-1, -1, -1, 3]), _out(FRAME_INDEX, mc.TYPE_INT64, [1])],
+        output=[
+            _out(SEGMENTED, mc.TYPE_UINT8, [-1, -1, -1, 3]),
+            _out(MASK, mc.TYPE_UINT8, [-1, h, w]),
+            _out(FRAME_INDEX, mc.TYPE_INT64, [1]),
+        ],
         model_transaction_policy=mc.ModelTransactionPolicy(decoupled=True),
         instance_group=_instances(s, 1, on_gpu=False),
     )
     _parameters(
-        entry,
+        _python_model(s, entry),
         {
             "default_class": s.default_class,
             "default_threshold": str(s.default_threshold),
             "chunks_in_flight": str(s.chunks_in_flight),
+            "max_active_videos": str(s.decoder_instances * (len(s.gpus) if s.device == "gpu" else 1)),
             "decoder_device": s.device,
             "decoder_codecs": ",".join(decode.codecs_for(s.device)),
         },
@@ -179,33 +221,36 @@ def configs(s: Settings) -> dict[str, mc.ModelConfig]:
     )
     segmenter = mc.ModelConfig(
         name=SEGMENTER,
-        backend="python",
         max_batch_size=s.max_batch,
         input=[_inp(decode.MODEL_INPUT, s.model_dtype, [3, h, w])],
-        output=[_out(PROBS, s.model_dtype, [n_classes, h, w])],
+        output=[_out(PROBS, s.model_dtype, [len(mask.VOC_CLASSES), h, w])],
         dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=2000),
         instance_group=_instances(s, s.segmenter_instances, on_gpu=True),
     )
-    weights = {"weights_file": WEIGHTS_FILE, "half": str(s.half).lower()}
+    weights = {"weights_file": WEIGHTS_FILE, "half": str(s.half).lower(), "channels_last": str(s.channels_last).lower()}
     if s.random_weights_seed is not None:
         weights = {**weights, "random_weights_seed": str(s.random_weights_seed)}
-    _parameters(segmenter, weights)
-    masker = mc.ModelConfig(
-        name=MASKER,
-        max_batch_size=s.max_batch,
-        input=[
-            _inp(mask.FRAMES, mc.TYPE_UINT8, [-1, -1, 3]),
-            _inp(mask.PROBS, s.model_dtype, [n_classes, h, w]),
-            _inp(mask.CLASS_ID, mc.TYPE_INT32, [1]),
-            _inp(mask.THRESHOLD, mc.TYPE_FP32, [1]),
-        ],
-        output=[_out(mask.SEGMENTED, mc.TYPE_UINT8, [-1, -1, 3])],
-        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=1000),
-        instance_group=_instances(s, s.masker_instances, on_gpu=True),
-    )
+    _parameters(_python_model(s, segmenter), weights)
     return {
         ENTRY: entry,
         DECODER: _dali_model(s, decoder),
         SEGMENTER: segmenter,
-        MASKER: _dali_model(s, masker),
+        MASKER: _masker(s, MASKER, with_frames=True),
+        CLASS_MASKER: _masker(s, CLASS_MASKER, with_frames=False),
     }
+
+
+def server_args(s: Settings) -> list[str]:
+    """tritonserver options that go with these settings."""
+    # The Python backend's shared memory: one region per model instance, made big enough at the start not to grow
+    # under load (growing it while many threads send was seen to break the stub: boost lock_exception).
+    args = [
+        f"--backend-config=python,shm-default-byte-size={s.shm_bytes}",
+        "--backend-config=python,shm-growth-byte-size=67108864",
+    ]
+    if s.device == "gpu":
+        # GPU tensors between Python-backend models pass through this pool (64 MiB by default, too small: sends fail
+        # with "failed to copy data"). What is in flight: per GPU, the decoders' chunks not yet taken by the entry
+        # model, plus the chunks between the models (chunks_in_flight per video).
+        args += [f"--cuda-memory-pool-byte-size={gpu}:{s.cuda_pool_bytes}" for gpu in s.gpus]
+    return args

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from repo.build import build, settings_from, settings_parser
+from repo.models import server_args
 from repo.serve import ServerError, TritonServer
 from stream_client.output import PLAYLIST
 from stream_client.sample import make_video
@@ -86,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
     if args.urls:
         summary = segment_file(args.video, out, args.urls, **job)
     else:
-        repository = build(settings_from(args), workdir / "repo", args.weights)
+        settings = settings_from(args)
+        repository = build(settings, workdir / "repo", args.weights)
         print(f"starting a local tritonserver with {repository} ...", file=sys.stderr)
-        with TritonServer(repository) as server:
+        with TritonServer(repository, args=server_args(settings)) as server:
             summary = segment_file(args.video, out, server.url, **job)
     print(summary.line())
     if args.summary_json:

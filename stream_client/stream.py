@@ -20,7 +20,11 @@ from repo import models
 class Chunk:
     video: str
     first: int  # index of its first frame in the video
-    frames: np.ndarray  # (F, H, W, 3) uint8
+    frames: np.ndarray | None  # (F, H, W, 3) uint8, the segmented frames (when asked for)
+    mask: np.ndarray | None = None  # (F, h, w) uint8 0/1 at the model's size (when asked for)
+
+    def __len__(self) -> int:
+        return len(self.frames if self.frames is not None else self.mask)
 
 
 @dataclass
@@ -89,7 +93,16 @@ class SegmentationStream:
             float(params["default_threshold"]),
         )
 
-    def send(self, video: str, data: bytes, *, class_name: str | None = None, threshold: float | None = None) -> None:
+    def send(
+        self,
+        video: str,
+        data: bytes,
+        *,
+        class_name: str | None = None,
+        threshold: float | None = None,
+        returns: str = "segmented",
+    ) -> None:
+        """`returns`: "segmented" (frames, the frame size), "mask" (the class mask, the model's size) or "both"."""
         array = np.frombuffer(data, np.uint8)
         tensor = grpcclient.InferInput(models.VIDEO, list(array.shape), "UINT8")
         tensor.set_data_from_numpy(array)
@@ -98,14 +111,14 @@ class SegmentationStream:
             parameters[models.CLASS_PARAMETER] = class_name
         if threshold is not None:
             parameters[models.THRESHOLD_PARAMETER] = threshold
+        if returns != "segmented":
+            parameters[models.RETURNS_PARAMETER] = returns
+        outputs = [*models.RETURNS.get(returns, (models.SEGMENTED,)), models.FRAME_INDEX]
         self.client.async_stream_infer(
             models.ENTRY,
             [tensor],
             request_id=video,
-            outputs=[
-                grpcclient.InferRequestedOutput(models.SEGMENTED),
-                grpcclient.InferRequestedOutput(models.FRAME_INDEX),
-            ],
+            outputs=[grpcclient.InferRequestedOutput(name) for name in outputs],
             parameters=parameters or None,
             enable_empty_final_response=True,
         )
@@ -127,4 +140,4 @@ class SegmentationStream:
             self._events.put(Finished(response.id))
             return
         first = int(result.as_numpy(models.FRAME_INDEX)[0])
-        self._events.put(Chunk(response.id, first, result.as_numpy(models.SEGMENTED)))
+        self._events.put(Chunk(response.id, first, result.as_numpy(models.SEGMENTED), result.as_numpy(models.MASK)))

@@ -1,13 +1,14 @@
 """Fixtures: small real videos made with PyAV, and one real tritonserver for the session."""
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from repo.build import build
-from repo.models import Settings
+from repo.models import Settings, server_args
 from repo.serve import TritonServer
 from stream_client.sample import make_video
 from stream_client.stream import Chunk, Failed, Finished, SegmentationStream
@@ -48,7 +49,7 @@ def video_file(tmp_path_factory) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[TritonServer]:
     repository = build(SETTINGS, tmp_path_factory.mktemp("repo") / "repo")
-    with TritonServer(repository) as running:
+    with TritonServer(repository, args=server_args(SETTINGS)) as running:
         yield running
 
 
@@ -73,3 +74,7 @@ def collect(stream: SegmentationStream, videos: set[str]) -> dict[str, list[Chun
         else:
             results[event.video].append(event)
     return results
+
+
+# The GPU variant runs on the GPU machine only, when asked: SEGMENT_GPU_TESTS=1 pytest tests/gpu
+collect_ignore = [] if os.environ.get("SEGMENT_GPU_TESTS") else ["gpu"]

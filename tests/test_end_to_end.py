@@ -6,6 +6,7 @@ flip. At most 0.1 % of the values may differ, and every frame must match the ref
 """
 
 import re
+import urllib.request
 
 import numpy as np
 import pytest
@@ -78,11 +79,54 @@ def test_class_and_threshold_change_the_output_as_they_should(stream, video):
 
 
 @pytest.mark.parametrize(
-    "class_name,threshold,message",
-    [("unicorn", None, "unknown class 'unicorn'"), (None, 1.5, "threshold must be a number in \\[0, 1\\]")],
+    "class_name,threshold,returns,message",
+    [
+        ("unicorn", None, "segmented", "unknown class 'unicorn'"),
+        (None, 1.5, "segmented", "threshold must be a number in \\[0, 1\\]"),
+        (None, None, "everything", "returns must be one of segmented, mask, both"),
+    ],
 )
-def test_parameters_that_make_no_sense_are_refused(stream, video, class_name, threshold, message):
-    stream.send("bad", video(4, **CPU_VIDEO), class_name=class_name, threshold=threshold)
+def test_parameters_that_make_no_sense_are_refused(stream, video, class_name, threshold, returns, message):
+    stream.send("bad", video(4, **CPU_VIDEO), class_name=class_name, threshold=threshold, returns=returns)
     result = collect(stream, {"bad"})["bad"]
     assert isinstance(result, str)
     assert re.search(message, result), result
+
+
+def test_a_request_chooses_what_comes_back(stream, video):
+    data = video(11, width=64, height=48, **CPU_VIDEO)
+    for returns in ("mask", "both"):
+        stream.send(returns, data, class_name="pottedplant", threshold=0.2, returns=returns)
+    results = collect(stream, {"mask", "both"})
+    expected = reference(data, SETTINGS, class_index("pottedplant"), 0.2)
+    masks = {}
+    for returns in ("mask", "both"):
+        chunks = sorted(results[returns], key=lambda c: c.first)
+        masks[returns] = np.concatenate([c.mask for c in chunks])
+        assert masks[returns].shape == (11, *SETTINGS.model_size) and masks[returns].dtype == np.uint8
+        assert set(np.unique(masks[returns])) <= {0, 1}
+    assert all(c.frames is None for c in results["mask"])
+    assert_matches(in_order(results["both"]), expected)
+    np.testing.assert_array_equal(masks["mask"], masks["both"])
+    # The mask at the model's size (64x64), sampled at the frame's pixels (48x64, nearest), is what the frames kept
+    # (up to the frames' black pixels, which look dropped when kept, and rounding at the sampling edges).
+    kept = np.stack([f.any(-1) for f in expected])
+    rows = ((np.arange(48) + 0.5) * 64 / 48).astype(int)
+    assert np.mean(masks["mask"][:, rows].astype(bool) != kept) <= 0.01
+
+
+def metric(server, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.ports['metrics']}/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_the_entry_model_counts_frames_chunks_and_videos_on_the_metrics_endpoint(server, stream, video):
+    before = {m: metric(server, m) for m in ("segment_video_frames_total", "segment_video_chunks_total")}
+    failed_before = metric(server, 'segment_video_videos_total{outcome="failed"}')
+    stream.send("counted", video(19, **CPU_VIDEO))
+    stream.send("refused", b"not a video")
+    collect(stream, {"counted", "refused"})
+    assert metric(server, "segment_video_frames_total") - before["segment_video_frames_total"] == 19
+    assert metric(server, "segment_video_chunks_total") - before["segment_video_chunks_total"] == 3
+    assert metric(server, 'segment_video_videos_total{outcome="failed"}') - failed_before == 1
+    assert metric(server, "segment_video_chunk_latency_us_total") > 0

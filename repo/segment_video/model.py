@@ -14,6 +14,7 @@ Per video (each on its own thread, so that one instance serves many videos at on
 
 import json
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -45,6 +46,9 @@ class TritonPythonModel:
         self.device = params["decoder_device"]
         self.codecs = params["decoder_codecs"].split(",")
         self.chunk_workers = ThreadPoolExecutor(max_workers=32, thread_name_prefix="chunk")
+        # Videos wait here, not in the decoder's queue: BLS requests left waiting in numbers stall the stub.
+        self.decoding = threading.Semaphore(int(params["max_active_videos"]))
+        self.metrics = Metrics()
 
     def execute(self, requests: list) -> None:
         for request in requests:
@@ -54,8 +58,11 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.chunk_workers.shutdown(wait=True, cancel_futures=True)
 
-    def _options(self, request) -> tuple[int, float]:
+    def _options(self, request) -> tuple[int, float, tuple[str, ...]]:
         params = json.loads(request.parameters() or "{}")
+        returns = str(params.get(models.RETURNS_PARAMETER, "segmented"))
+        if returns not in models.RETURNS:
+            raise ValueError(f"returns must be one of {', '.join(models.RETURNS)}, not {returns!r}")
         class_id = mask.class_index(str(params.get(models.CLASS_PARAMETER, self.default_class)))
         try:
             threshold = float(params.get(models.THRESHOLD_PARAMETER, self.default_threshold))
@@ -63,7 +70,7 @@ class TritonPythonModel:
             threshold = float("nan")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a number in [0, 1], not {params[models.THRESHOLD_PARAMETER]!r}")
-        return class_id, threshold
+        return class_id, threshold, models.RETURNS[returns]
 
     def _check(self, video: np.ndarray) -> None:
         found = probe(video.data)
@@ -74,16 +81,22 @@ class TritonPythonModel:
             )
 
     def _segment(self, request) -> None:
+        with self.decoding:
+            self._segment_video(request)
+
+    def _segment_video(self, request) -> None:
         sender = request.get_response_sender()
         pending: deque[Future] = deque()
         try:
-            class_id, threshold = self._options(request)
+            class_id, threshold, returns = self._options(request)
             video = pb_utils.get_input_tensor_by_name(request, models.VIDEO).as_numpy()
             self._check(video)
+            # Frames are decoded out only when the client wants pixels back: a mask needs the model input alone.
+            wanted = [decode.FRAMES, decode.MODEL_INPUT] if models.SEGMENTED in returns else [decode.MODEL_INPUT]
             decoder = pb_utils.InferenceRequest(
                 model_name=models.DECODER,
                 inputs=[pb_utils.Tensor(decode.VIDEO, video[None])],
-                requested_output_names=[decode.FRAMES, decode.MODEL_INPUT],
+                requested_output_names=wanted,
             )
             first = 0
             for response in decoder.exec(decoupled=True):
@@ -93,40 +106,79 @@ class TritonPythonModel:
                     raise RuntimeError("cancelled by the client")
                 if not response.output_tensors():  # the decoder's empty final response
                     continue
-                frames = output_tensor(response, decode.FRAMES).flatten(0, 1)
                 model_input = output_tensor(response, decode.MODEL_INPUT).flatten(0, 1)
-                pending.append(self.chunk_workers.submit(self._chunk, frames, model_input, class_id, threshold, first))
-                first += len(frames)
+                frames = output_tensor(response, decode.FRAMES).flatten(0, 1) if models.SEGMENTED in returns else None
+                chunk = (frames, model_input, class_id, threshold, returns, first)
+                pending.append(self.chunk_workers.submit(self._chunk, *chunk))
+                first += len(model_input)
                 while len(pending) >= self.in_flight:
-                    sender.send(pending.popleft().result())
+                    self._send(sender, pending.popleft())
             while pending:
-                sender.send(pending.popleft().result())
+                self._send(sender, pending.popleft())
         except Exception as e:  # noqa: BLE001 - every failure ends this video with an error, not the server
             for future in pending:
                 future.cancel()
             # tritonclient hands a stream's errors to the callback without their request: say which video it was.
             message = f"[{request.request_id()}] {e}"
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
+            self.metrics.video(done=False)
             return
         sender.send(flags=FINAL)
+        self.metrics.video(done=True)
 
-    def _chunk(self, frames, model_input, class_id: int, threshold: float, first: int) -> "pb_utils.InferenceResponse":
-        n = len(frames)
+    def _send(self, sender, chunk: Future) -> None:
+        response, frames, started = chunk.result()
+        sender.send(response)
+        self.metrics.chunk(frames, time.monotonic() - started)
+
+    def _chunk(self, frames, model_input, class_id: int, threshold: float, returns: tuple[str, ...], first: int):
+        """Segment and mask one chunk: (its response, its frame count, when it started)."""
+        started = time.monotonic()
+        n = len(model_input)
         probs = infer(models.SEGMENTER, [from_torch(decode.MODEL_INPUT, model_input)], [mask.PROBS])
-        segmented = infer(
-            models.MASKER,
-            [
-                from_torch(mask.FRAMES, frames),
-                pb_utils.get_output_tensor_by_name(probs, mask.PROBS),
-                pb_utils.Tensor(mask.CLASS_ID, np.full((n, 1), class_id, np.int32)),
-                pb_utils.Tensor(mask.THRESHOLD, np.full((n, 1), threshold, np.float32)),
-            ],
-            [mask.SEGMENTED],
-        )
-        out = to_torch(pb_utils.get_output_tensor_by_name(segmented, mask.SEGMENTED))
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                from_torch(models.SEGMENTED, out),
-                pb_utils.Tensor(models.FRAME_INDEX, np.array([first], np.int64)),
-            ]
-        )
+        inputs = [
+            pb_utils.get_output_tensor_by_name(probs, mask.PROBS),
+            pb_utils.Tensor(mask.CLASS_ID, np.full((n, 1), class_id, np.int32)),
+            pb_utils.Tensor(mask.THRESHOLD, np.full((n, 1), threshold, np.float32)),
+        ]
+        if frames is None:
+            masked = infer(models.CLASS_MASKER, inputs, list(returns))
+        else:
+            masked = infer(models.MASKER, [from_torch(mask.FRAMES, frames), *inputs], list(returns))
+        outputs = [from_torch(name, to_torch(pb_utils.get_output_tensor_by_name(masked, name))) for name in returns]
+        first_index = pb_utils.Tensor(models.FRAME_INDEX, np.array([first], np.int64))
+        return pb_utils.InferenceResponse(output_tensors=[*outputs, first_index]), n, started
+
+
+class Metrics:
+    """The entry model's own counters on Triton's metrics endpoint (besides Triton's per-model ones).
+
+    Updated under one lock: concurrent updates from several threads were seen to crash tritonserver 2.51.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.families = []  # a family must outlive its metrics
+
+        def counter(name: str, description: str):
+            family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
+            self.families.append(family)
+            return family
+
+        self.frames = counter("segment_video_frames_total", "Frames segmented and sent").Metric(labels={})
+        self.chunks = counter("segment_video_chunks_total", "Chunks segmented and sent").Metric(labels={})
+        latency = counter("segment_video_chunk_latency_us_total", "Sum of chunk latencies, decoded to sent (us)")
+        self.latency_us = latency.Metric(labels={})
+        videos = counter("segment_video_videos_total", "Videos (segments) ended, by outcome")
+        self.done = videos.Metric(labels={"outcome": "done"})
+        self.failed = videos.Metric(labels={"outcome": "failed"})
+
+    def chunk(self, frames: int, seconds: float) -> None:
+        with self.lock:
+            self.frames.increment(frames)
+            self.chunks.increment(1)
+            self.latency_us.increment(int(seconds * 1e6))
+
+    def video(self, done: bool) -> None:
+        with self.lock:
+            (self.done if done else self.failed).increment(1)

@@ -36,12 +36,13 @@ class TritonPythonModel:
                 "`random_weights_seed` parameter on purpose (tests, offline demos)"
             )
         pb_utils.Logger.log_info(f"segmenter: {source}")
-        self.model = model.to(self.device, self.dtype).eval()
+        self.memory_format = torch.channels_last if params.get("channels_last") == "true" else torch.contiguous_format
+        self.model = model.to(self.device, self.dtype, memory_format=self.memory_format).eval()
 
     @torch.inference_mode()
     def execute(self, requests: list) -> list:
         batches = [input_tensor(r, decode.MODEL_INPUT) for r in requests]
-        probs = self.model(torch.cat(batches).to(self.device, self.dtype))
+        probs = self.model(torch.cat(batches).to(self.device, self.dtype, memory_format=self.memory_format))
         responses = []
         for part in torch.split(probs, [len(b) for b in batches]):
             responses.append(pb_utils.InferenceResponse(output_tensors=[from_torch(mask.PROBS, part)]))

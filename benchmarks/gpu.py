@@ -1,0 +1,376 @@
+"""The GPU benchmark: decode limit, model limit, the original example's way, and the full chain, in one run.
+
+On the GPU machine, after ../shared/gpu's staging:  python benchmarks/gpu.py --out $OUT
+Here, to check the script itself on the CPU (tiny sizes):  python benchmarks/gpu.py --smoke --out /tmp/bench
+
+Prints a table and writes benchmark.json. The chain: the project's server (Python-backend target, NVDEC, float16
+segmenter) from `repo.build`, started by `repo.serve`; the client streams a long 1080p H.264 video as GOP-aligned
+segments (several in flight) and receives the class mask per frame (`returns=mask`): full 1080p RGB frames at
+2000 frames/s would be ~12 GB/s, more than gRPC or a client-side encoder takes (measured separately, `segmented`).
+"""
+
+import argparse
+import json
+import os
+import queue
+import resource
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from export import fcn  # noqa: E402
+from pipelines.decode import IMAGENET_MEAN, IMAGENET_STD, decode  # noqa: E402
+from repo.build import build  # noqa: E402
+from repo.models import Settings, server_args  # noqa: E402
+from repo.serve import TritonServer  # noqa: E402
+from stream_client import gops  # noqa: E402
+from stream_client.stream import Chunk, Failed, Finished, SegmentationStream  # noqa: E402
+
+
+# ---------------------------------------------------------------- inputs
+def make_clip(path: Path, frames: int, width: int, height: int, rate: int = 30, codec: str = "libx264") -> Path:
+    """A 1080p-like H.264 clip: gradient with a moving square, GOP 2 s, B-frames, as a camera or an editor writes
+    (`--smoke` on the CPU: MJPEG, which the CPU decoder reads)."""
+    y, x = np.mgrid[0:height, 0:width]
+    background = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1).astype(np.uint8)
+    size = height // 5
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p" if codec == "libx264" else "yuvj444p"
+        if codec == "libx264":
+            stream.codec_context.options = {"preset": "veryfast", "crf": "23", "g": str(2 * rate), "bf": "2"}
+        for i in range(frames):
+            image = background.copy()
+            top, left = (i * 7) % (height - size), (i * 11) % (width - size)
+            image[top : top + size, left : left + size] = 255
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def repeat_clip(clip: Path, times: int, path: Path) -> Path:
+    """The clip `times` over, remuxed end to end (no re-encoding): a long video in seconds."""
+    with av.open(str(clip)) as src:
+        stream = src.streams.video[0]
+        packets = [p for p in src.demux(stream) if p.size]
+        span = max(p.pts for p in packets) - min(p.pts for p in packets) + (packets[1].pts - packets[0].pts or 1)
+        span = int(round(stream.duration or span)) if stream.duration else span
+        with av.open(str(path), "w") as out:
+            target = out.add_stream_from_template(stream)
+            for k in range(times):
+                for p in packets:
+                    p.pts, p.dts = p.pts + (span if k else 0), p.dts + (span if k else 0)
+                    p.stream = target
+                    out.mux(p)
+    return path
+
+
+# ---------------------------------------------------------------- measuring
+class Peaks:
+    """Peak GPU memory (nvidia-smi) and peak RSS of a process tree, sampled in the background."""
+
+    def __init__(self, pid: int | None, gpu: bool, every: float = 0.25) -> None:
+        self.pid, self.gpu, self.every = pid, gpu, every
+        self.gpu_mib = 0
+        self.rss_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.gpu:
+                used = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                    capture_output=True, text=True,
+                ).stdout.strip()  # fmt: skip
+                self.gpu_mib = max(self.gpu_mib, int(used or 0))
+            if self.pid is not None:
+                self.rss_mib = max(self.rss_mib, tree_rss_mib(self.pid))
+            time.sleep(self.every)
+
+    def __enter__(self) -> "Peaks":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def tree_rss_mib(pid: int) -> float:
+    """RSS of a process and all its descendants (tritonserver and its Python-backend stubs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def client_peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def timed(result: dict, key: str = "seconds"):
+    start = time.perf_counter()
+    yield
+    result[key] = time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- the measurements
+def decode_limit(clip: Path, streams: int, device: str, frames_per_chunk: int = 16) -> dict:
+    """K pipelines, one thread each, decoding (and resizing, normalising) the same clip at once."""
+    data = np.fromfile(clip, np.uint8)
+    frames_per_stream = gops.plan(clip, max_seconds=None)[0].frames
+    pipes = []
+    for _ in range(streams):
+        make = pipeline_def(decode, batch_size=1, num_threads=2, device_id=0 if device == "gpu" else None,
+                            prefetch_queue_depth=1)  # fmt: skip
+        pipe = make(device=device, frames_per_chunk=frames_per_chunk, half=True)
+        pipe.build()
+        pipes.append(pipe)
+
+    def run(pipe) -> None:
+        pipe.feed_input("VIDEO", [data])
+        for _ in range(-(-frames_per_stream // frames_per_chunk)):
+            pipe.run()
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in pipes]
+    result: dict = {"streams": streams}
+    with timed(result):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    result["frames_per_second"] = streams * frames_per_stream / result["seconds"]
+    return result
+
+
+def model_limit(device: str, batch: int, size: tuple[int, int], iterations: int) -> dict:
+    """fcn_resnet101 + softmax alone: float32, float16, float16 channels_last; largest probability difference."""
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    x = torch.randn(batch, 3, *size, device=dev)
+    results: dict = {"batch": batch, "size": list(size)}
+    reference = None
+    variants = [("fp32", torch.float32, torch.contiguous_format)]
+    if device == "gpu":
+        variants += [("fp16", torch.float16, torch.contiguous_format), ("fp16_channels_last", torch.float16,
+                                                                       torch.channels_last)]  # fmt: skip
+    for name, dtype, memory_format in variants:
+        model = fcn.seeded(0).to(dev, dtype, memory_format=memory_format)
+        inp = x.to(dtype).contiguous(memory_format=memory_format)
+        with torch.inference_mode():
+            out = model(inp)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(iterations):
+                out = model(inp)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+        results[name] = batch * iterations / seconds
+        if reference is None:
+            reference = out.float()
+        else:
+            results[f"{name}_max_prob_diff_vs_fp32"] = float((out.float() - reference).abs().max())
+        del model
+    return results
+
+
+def original_way(clip: Path, device: str, size: tuple[int, int], batch: int) -> dict:
+    """The original example: the whole clip decoded in one go (`fn.experimental.decoders.video`), then the model,
+    then the mask, on the GPU; here the masks come back to the host, as in the chain's `mask` mode."""
+
+    @pipeline_def(batch_size=1, num_threads=4, device_id=0 if device == "gpu" else None, prefetch_queue_depth=1)
+    def whole_clip():
+        encoded = fn.external_source(name="ENCODED", dtype=types.UINT8)
+        frames = fn.experimental.decoders.video(encoded.gpu() if device == "gpu" else encoded,
+                                               device="mixed" if device == "gpu" else "cpu")  # fmt: skip
+        return fn.crop_mirror_normalize(fn.resize(frames, size=list(size)), dtype=types.FLOAT16 if device == "gpu"
+                                        else types.FLOAT, output_layout="FCHW", mean=[255 * m for m in IMAGENET_MEAN],
+                                        std=[255 * s for s in IMAGENET_STD])  # fmt: skip
+
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    dtype = torch.float16 if device == "gpu" else torch.float32
+    model = fcn.seeded(0).to(dev, dtype)
+    pipe = whole_clip()
+    pipe.build()
+    result: dict = {}
+    with timed(result):
+        pipe.feed_input("ENCODED", [np.fromfile(clip, np.uint8)])
+        (model_input,) = pipe.run()
+        x = model_input.as_tensor() if device == "cpu" else model_input
+        tensor = torch.from_numpy(np.array(x[0])) if device == "cpu" else _dali_to_torch(model_input)
+        masks = []
+        with torch.inference_mode():
+            for start in range(0, len(tensor), batch):
+                probs = model(tensor[start : start + batch].to(dev, dtype))
+                masks.append((probs[:, 15] > 0.5).to(torch.uint8).cpu())
+        frames = sum(len(m) for m in masks)
+    if device == "gpu":
+        result["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    result["frames"] = frames
+    result["frames_per_second"] = frames / result["seconds"]
+    return result
+
+
+def _dali_to_torch(tensor_list) -> torch.Tensor:
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+    sample = tensor_list[0]
+    out = torch.empty(sample.shape(), dtype=to_torch_type[sample.dtype], device="cuda")
+    feed_ndarray(sample, out, cuda_stream=torch.cuda.current_stream())
+    torch.cuda.current_stream().synchronize()
+    return out
+
+
+def chain(url: str, source: Path, window: int, returns: str, max_seconds: float, server_pid: int, gpu: bool) -> dict:
+    """One long video through the server: segments in flight, chunks counted as they arrive."""
+    plan = gops.plan(source, max_seconds=max_seconds)
+    expected = sum(p.frames for p in plan)
+    events: queue.Queue = queue.Queue()
+    result: dict = {"video_frames": expected, "segments": len(plan), "window": window, "returns": returns}
+    received = 0
+    first_chunk = None
+    with SegmentationStream(url, events=events, idle_timeout=300) as stream, Peaks(server_pid, gpu) as peaks:
+        pending = gops.segments(source, plan)
+        in_flight = 0
+        start = time.perf_counter()
+        while True:
+            while in_flight < window and (segment := next(pending, None)) is not None:
+                stream.send(f"s{segment.index}", segment.data, returns=returns)
+                in_flight += 1
+            if in_flight == 0:
+                break
+            event = events.get(timeout=300)
+            if isinstance(event, Failed):
+                raise RuntimeError(f"{event.video}: {event.message}")
+            if isinstance(event, Finished):
+                in_flight -= 1
+            elif isinstance(event, Chunk):
+                first_chunk = first_chunk if first_chunk is not None else time.perf_counter() - start
+                received += len(event)
+        seconds = time.perf_counter() - start
+    result.update(
+        frames=received,
+        seconds=seconds,
+        frames_per_second=received / seconds,
+        first_chunk_seconds=first_chunk,
+        peak_gpu_memory_mib=peaks.gpu_mib,
+        peak_server_rss_mib=peaks.rss_mib,
+        peak_client_rss_mib=client_peak_rss_mib(),
+    )
+    if received != expected:
+        raise RuntimeError(f"{received} frames came back of {expected}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: check the script, not the GPU")
+    parser.add_argument("--long-minutes", type=int, default=10)
+    parser.add_argument("--window", type=int, default=16)
+    parser.add_argument("--decoders", type=int, default=8, help="decoder instances (NVDEC streams) on the GPU")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = "cpu" if args.smoke else "gpu"
+    width, height, rate = (64, 48, 10) if args.smoke else (1920, 1080, 30)
+    model_size = (32, 32) if args.smoke else (224, 224)
+    work = args.out / "work"
+    work.mkdir(exist_ok=True)
+    report: dict = {"device": device, "date": time.strftime("%Y-%m-%d")}
+    if device == "gpu":
+        report["gpu"] = torch.cuda.get_device_name(0)
+
+    with timed(report, "make_inputs_seconds"):
+        suffix, codec = (".mkv", "mjpeg") if args.smoke else (".mp4", "libx264")
+        minute = make_clip(work / f"minute{suffix}", 60 * rate, width, height, rate, codec)
+        long = repeat_clip(minute, args.long_minutes, work / f"long{suffix}")
+    print(f"inputs: 1 minute and {args.long_minutes} minutes of {width}x{height} H.264 at {rate} frames/s", flush=True)
+
+    if device == "gpu":
+        report["decode_limit"] = [decode_limit(minute, k, device) for k in (1, 4, 8)]
+        print("decode limit:", report["decode_limit"], flush=True)
+        report["model_limit"] = model_limit(device, 64, model_size, 20)
+        print("model limit:", report["model_limit"], flush=True)
+        report["original_way"] = original_way(minute, device, model_size, 64)
+        print("original way:", report["original_way"], flush=True)
+
+    settings = Settings(
+        device=device, half=device == "gpu", model_size=model_size, frames_per_chunk=16, max_batch=64,
+        decoder_instances=args.decoders if device == "gpu" else 2, segmenter_instances=2, masker_instances=2,
+        chunks_in_flight=4, random_weights_seed=0,
+    )  # fmt: skip
+    repository = build(settings, work / "repo")
+    with TritonServer(repository, args=server_args(settings)) as server:
+        pid = server.proc.pid
+        runs = [("1 minute", minute, "mask"), (f"{args.long_minutes} minutes", long, "mask")]
+        runs.append(("1 minute", minute, "segmented"))
+        report["chain"] = []
+        for name, source, returns in runs:
+            try:
+                result = chain(server.url, source, args.window, returns, 2.0, pid, device == "gpu")
+            except RuntimeError:
+                print(server.log(), flush=True)
+                raise
+            result["input"] = name
+            report["chain"].append(result)
+            print(f"chain, {name}, returns={returns}:", result, flush=True)
+
+    (args.out / "benchmark.json").write_text(json.dumps(report, indent=2))
+    print_table(report)
+
+
+def print_table(report: dict) -> None:
+    rows = []
+    for d in report.get("decode_limit", []):
+        rows.append((f"decode limit, {d['streams']} NVDEC streams", d["frames_per_second"], "", "", "", ""))
+    if "model_limit" in report:
+        m = report["model_limit"]
+        for key in ("fp32", "fp16", "fp16_channels_last"):
+            if key in m:
+                rows.append((f"model limit, {key}, batch {m['batch']}", m[key], "", "", "", ""))
+    if "original_way" in report:
+        o = report["original_way"]
+        rows.append(("original way (whole clip, decoders.video)", o["frames_per_second"], "",
+                     o.get("peak_gpu_memory_mib", ""), "", ""))  # fmt: skip
+    for c in report.get("chain", []):
+        rows.append((f"chain, {c['input']}, {c['returns']}, window {c['window']}", c["frames_per_second"],
+                     f"{c['first_chunk_seconds']:.2f}", c["peak_gpu_memory_mib"], f"{c['peak_server_rss_mib']:.0f}",
+                     f"{c['peak_client_rss_mib']:.0f}"))  # fmt: skip
+    header = ("what", "frames/s", "first chunk s", "peak GPU MiB", "server RSS MiB", "client RSS MiB")
+    print(f"\n{report.get('gpu', report['device'])}, {report['date']}")
+    print(" | ".join(header))
+    for r in rows:
+        print(" | ".join([r[0], f"{r[1]:.0f}", *(str(v) for v in r[2:])]))
+
+
+if __name__ == "__main__":
+    main()

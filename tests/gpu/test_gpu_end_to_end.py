@@ -1,0 +1,64 @@
+"""The end-to-end tests on a GPU (run on the GPU machine: `SEGMENT_GPU_TESTS=1 pytest tests/gpu`).
+
+NVDEC decodes H.264 and HEVC as sent, tensors stay on the GPU between models, the segmenter runs in float16.
+Tolerance against the in-process GPU reference: 0.5 % of values; float16 probabilities differ with the batch
+the server happened to form, which flips pixels within a float16 step of the threshold.
+"""
+
+import io
+
+import numpy as np
+import pytest
+from conftest import collect
+from reference import segmented as reference
+
+from pipelines.mask import class_index
+from repo.build import build
+from repo.models import Settings, server_args
+from repo.serve import TritonServer
+from stream_client.reorder import Reorderer
+from stream_client.sample import make_video
+from stream_client.segment import segment_file
+from stream_client.stream import SegmentationStream
+
+SETTINGS = Settings(
+    device="gpu", half=True, model_size=(224, 224), frames_per_chunk=16, max_batch=64, decoder_instances=4,
+    segmenter_instances=2, masker_instances=2, random_weights_seed=0,
+)  # fmt: skip
+MAX_DIFFERENT = 5e-3
+
+
+@pytest.fixture(scope="module")
+def gpu_server(tmp_path_factory):
+    repository = build(SETTINGS, tmp_path_factory.mktemp("repo") / "repo")
+    with TritonServer(repository, args=server_args(SETTINGS)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("codec,suffix", [("libx264", ".mp4"), ("libx265", ".mp4")], ids=["h264", "hevc"])
+def test_nvdec_chain_is_frame_exact_and_matches_the_gpu_reference(gpu_server, tmp_path, codec, suffix):
+    data = make_video(tmp_path / f"v{suffix}", 53, width=320, height=240, codec=codec).read_bytes()
+    with SegmentationStream(gpu_server.url, idle_timeout=120) as stream:
+        assert stream.server_info().decoder_device == "gpu"
+        stream.send("v", data, class_name="pottedplant", threshold=0.2, returns="both")
+        chunks = collect(stream, {"v"})["v"]
+    assert not isinstance(chunks, str), chunks
+    reorder = Reorderer()
+    frames = np.stack([f for c in chunks for f in reorder.push(c.first, c.frames)])
+    reorder.finish()
+    assert len(frames) == 53
+    expected = reference(data, SETTINGS, class_index("pottedplant"), 0.2)
+    assert frames.shape == expected.shape
+    assert np.mean(frames != expected) <= MAX_DIFFERENT
+    assert 0 < np.count_nonzero(frames) < frames.size
+
+
+def test_nothing_is_lost_with_16_segments_in_flight(gpu_server, tmp_path):
+    source = make_video(tmp_path / "long.mp4", 480, width=640, height=360, codec="libx264",
+                        options={"g": "15", "keyint_min": "15", "bf": "2"})  # fmt: skip
+    progress = io.StringIO()
+    summary = segment_file(source, tmp_path / "out.mp4", gpu_server.url, threshold=0.0, window=16, max_seconds=0.5,
+                           progress_out=progress)  # fmt: skip
+    assert summary.segments >= 16 and summary.frames == 480 and summary.frames_this_run == 480
+    assert "trying again" not in progress.getvalue()
+    assert summary.kept_pixels == 1.0
