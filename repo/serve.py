@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from repo.stub_env import SITE_VARIABLE
+from repo.stub_env import SITE_VARIABLE, pytriton_server_root
 
 
 class ServerError(RuntimeError):
@@ -35,9 +35,7 @@ def _free_port() -> int:
 
 def _pytriton_server(workdir: Path) -> tuple[Path, Path]:
     """The wheel's binary, and a backend directory whose Python stub matches this Python's version."""
-    import pytriton
-
-    root = Path(pytriton.__file__).parent / "tritonserver"
+    root = pytriton_server_root()
     stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
     backends = workdir / "backends"
     python = backends / "python"

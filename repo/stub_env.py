@@ -12,6 +12,7 @@ file names, so that several checkouts and environments on one machine each serve
 """
 
 import argparse
+import importlib.util
 import re
 import site
 import subprocess
@@ -23,17 +24,17 @@ SITE_VARIABLE = "TRITON_STUB_SITE_PACKAGES"
 NEEDED = "import numpy, torch, torchvision, av, nvidia.dali, pipelines, export, repo; print(numpy.__version__)"
 
 
-def stub_binary() -> Path:
-    import pytriton
+def pytriton_server_root() -> Path:
+    """The tritonserver inside the nvidia-pytriton wheel, found without importing pytriton (its client needs more)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("no nvidia-pytriton here: `pip install nvidia-pytriton` (or put tritonserver on PATH)")
+    return Path(spec.submodule_search_locations[0]) / "tritonserver"
 
+
+def stub_binary() -> Path:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return (
-        Path(pytriton.__file__).parent
-        / "tritonserver"
-        / "python_backend_stubs"
-        / version
-        / "triton_python_backend_stub"
-    )
+    return pytriton_server_root() / "python_backend_stubs" / version / "triton_python_backend_stub"
 
 
 def stub_python() -> Path:
