@@ -11,7 +11,7 @@ from repo.build import build
 from repo.models import Settings, server_args
 from repo.serve import TritonServer
 from stream_client.sample import make_video
-from stream_client.stream import Chunk, Failed, Finished, SegmentationStream
+from stream_client.stream import SegmentationStream
 
 # Tiny frames: the CPU runs fcn_resnet101 at ~18 frames/s at 64x64 (~1.5 at 224x224).
 SETTINGS = Settings(model_size=(64, 64), frames_per_chunk=8, max_batch=32, random_weights_seed=0)
@@ -57,23 +57,6 @@ def server(tmp_path_factory) -> Iterator[TritonServer]:
 def stream(server) -> Iterator[SegmentationStream]:
     with SegmentationStream(server.url, idle_timeout=120) as s:
         yield s
-
-
-def collect(stream: SegmentationStream, videos: set[str]) -> dict[str, list[Chunk] | str]:
-    """Drain the stream until every video has finished: its chunks in arrival order, or its error message."""
-    results: dict[str, list[Chunk] | str] = {v: [] for v in videos}
-    open_videos = set(videos)
-    while open_videos:
-        event = stream.next_event()
-        if isinstance(event, Failed):
-            assert event.video in open_videos, f"an error for no video in flight: {event.message}"
-            results[event.video] = event.message
-            open_videos.discard(event.video)
-        elif isinstance(event, Finished):
-            open_videos.discard(event.video)
-        else:
-            results[event.video].append(event)
-    return results
 
 
 # The GPU variant runs on the GPU machine only, when asked: SEGMENT_GPU_TESTS=1 pytest tests/gpu

@@ -6,7 +6,8 @@ import re
 import av
 import numpy as np
 import pytest
-from conftest import CPU_VIDEO, H264_VIDEO, collect
+from conftest import CPU_VIDEO, H264_VIDEO
+from helpers import collect
 
 from pipelines.probe import probe
 

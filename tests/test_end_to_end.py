@@ -10,7 +10,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import CPU_VIDEO, SETTINGS, VP9_VIDEO, collect
+from conftest import CPU_VIDEO, SETTINGS, VP9_VIDEO
+from helpers import collect
 from reference import segmented as reference
 
 from pipelines.mask import class_index

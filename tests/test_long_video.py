@@ -13,7 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import SETTINGS, collect
+from conftest import SETTINGS
+from helpers import collect
 from tritonclient.grpc import InferenceServerClient
 
 from repo.build import build

@@ -6,11 +6,15 @@ the server happened to form, which flips pixels within a float16 step of the thr
 """
 
 import io
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import collect
-from reference import segmented as reference
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers and reference
+from helpers import collect  # noqa: E402
+from reference import segmented as reference  # noqa: E402
 
 from pipelines.mask import class_index
 from repo.build import build
