@@ -16,6 +16,7 @@ import queue
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -210,8 +211,7 @@ def original_way(clip: Path, device: str, size: tuple[int, int], batch: int) -> 
     @pipeline_def(batch_size=1, num_threads=4, device_id=0 if device == "gpu" else None, prefetch_queue_depth=1)
     def whole_clip():
         encoded = fn.external_source(name="ENCODED", dtype=types.UINT8)
-        frames = fn.experimental.decoders.video(encoded.gpu() if device == "gpu" else encoded,
-                                               device="mixed" if device == "gpu" else "cpu")  # fmt: skip
+        frames = fn.experimental.decoders.video(encoded, device="mixed" if device == "gpu" else "cpu")
         return fn.crop_mirror_normalize(fn.resize(frames, size=list(size)), dtype=types.FLOAT16 if device == "gpu"
                                         else types.FLOAT, output_layout="FCHW", mean=[255 * m for m in IMAGENET_MEAN],
                                         std=[255 * s for s in IMAGENET_STD])  # fmt: skip
@@ -303,8 +303,7 @@ def main() -> None:
     device = "cpu" if args.smoke else "gpu"
     width, height, rate = (64, 48, 10) if args.smoke else (1920, 1080, 30)
     model_size = (32, 32) if args.smoke else (224, 224)
-    work = args.out / "work"
-    work.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="segment-bench-"))
     report: dict = {"device": device, "date": time.strftime("%Y-%m-%d")}
     if device == "gpu":
         report["gpu"] = torch.cuda.get_device_name(0)
@@ -324,7 +323,8 @@ def main() -> None:
         print("original way:", report["original_way"], flush=True)
 
     settings = Settings(
-        device=device, half=device == "gpu", model_size=model_size, frames_per_chunk=16, max_batch=64,
+        device=device, half=device == "gpu", channels_last=device == "gpu", model_size=model_size,
+        frames_per_chunk=16, max_batch=64,
         decoder_instances=args.decoders if device == "gpu" else 2, segmenter_instances=2, masker_instances=2,
         chunks_in_flight=4, random_weights_seed=0,
     )  # fmt: skip
