@@ -132,6 +132,23 @@ def tree_rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def gpu_memory_by_model() -> dict[str, int]:
+    """MiB of GPU memory each process holds now, by Triton model instance (or the process's name)."""
+    rows = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                          capture_output=True, text=True).stdout.strip().splitlines()  # fmt: skip
+    used: dict[str, int] = {}
+    for row in rows:
+        pid, mib = (v.strip() for v in row.split(","))
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        except OSError:
+            args = [pid]
+        name = next((a for a in args if a.endswith(("_0_0", "_0_1", "_0_2", "_0_3", "_0_4", "_0_5", "_0_6", "_0_7"))),
+                    Path(args[0]).name)  # fmt: skip
+        used[name] = used.get(name, 0) + int(mib)
+    return used
+
+
 def client_peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -285,6 +302,7 @@ def chain(url: str, source: Path, window: int, returns: str, max_seconds: float,
         peak_gpu_memory_mib=peaks.gpu_mib,
         peak_server_rss_mib=peaks.rss_mib,
         peak_client_rss_mib=client_peak_rss_mib(),
+        gpu_memory_after_mib=gpu_memory_by_model() if gpu else {},
     )
     if received != expected:
         raise RuntimeError(f"{received} frames came back of {expected}")
@@ -296,6 +314,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: check the script, not the GPU")
     parser.add_argument("--long-minutes", type=int, default=10)
+    parser.add_argument("--skip-limits", action="store_true", help="only the chain")
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--decoders", type=int, default=8, help="decoder instances (NVDEC streams) on the GPU")
     args = parser.parse_args()
@@ -314,7 +333,7 @@ def main() -> None:
         long = repeat_clip(minute, args.long_minutes, work / f"long{suffix}")
     print(f"inputs: 1 minute and {args.long_minutes} minutes of {width}x{height} H.264 at {rate} frames/s", flush=True)
 
-    if device == "gpu":
+    if device == "gpu" and not args.skip_limits:
         report["decode_limit"] = [decode_limit(minute, k, device) for k in (1, 4, 8)]
         print("decode limit:", report["decode_limit"], flush=True)
         report["model_limit"] = model_limit(device, 64, model_size, 20)
