@@ -14,5 +14,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 mkdir -p "${OUT:-out}"
 case "${1:-tests}" in
   tests) SEGMENT_GPU_TESTS=1 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "${OUT:-out}/gpu_tests.log" | tail -40 ;;
-  benchmark) python3 benchmarks/gpu.py --out "${OUT:-out}" 2>&1 | grep -v '^[|+]' | tail -60 ;;
+  benchmark) python3 benchmarks/gpu.py --out "${OUT:-out}" "${@:2}" 2>&1 | grep -v '^[|+]' | tail -60 ;;
 esac
