@@ -315,6 +315,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: check the script, not the GPU")
     parser.add_argument("--long-minutes", type=int, default=10)
     parser.add_argument("--skip-limits", action="store_true", help="only the chain")
+    parser.add_argument("--frames-per-chunk", type=int, default=16)
+    parser.add_argument("--segmenters", type=int, default=2, help="segmenter instances")
+    parser.add_argument("--chunks-in-flight", type=int, default=4, help="per video, in the entry model")
+    parser.add_argument("--no-segmented", action="store_true", help="skip the run that returns full frames")
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--decoders", type=int, default=8, help="decoder instances (NVDEC streams) on the GPU")
     args = parser.parse_args()
@@ -323,7 +327,7 @@ def main() -> None:
     width, height, rate = (64, 48, 10) if args.smoke else (1920, 1080, 30)
     model_size = (32, 32) if args.smoke else (224, 224)
     work = Path(tempfile.mkdtemp(prefix="segment-bench-"))
-    report: dict = {"device": device, "date": time.strftime("%Y-%m-%d")}
+    report: dict = {"device": device, "date": time.strftime("%Y-%m-%d"), "options": vars(args) | {"out": str(args.out)}}
     if device == "gpu":
         report["gpu"] = torch.cuda.get_device_name(0)
 
@@ -343,15 +347,16 @@ def main() -> None:
 
     settings = Settings(
         device=device, half=device == "gpu", channels_last=device == "gpu", model_size=model_size,
-        frames_per_chunk=16, max_batch=64,
-        decoder_instances=args.decoders if device == "gpu" else 2, segmenter_instances=2, masker_instances=2,
-        chunks_in_flight=4, random_weights_seed=0,
+        frames_per_chunk=args.frames_per_chunk, max_batch=64,
+        decoder_instances=args.decoders if device == "gpu" else 2, segmenter_instances=args.segmenters,
+        masker_instances=2, chunks_in_flight=args.chunks_in_flight, random_weights_seed=0,
     )  # fmt: skip
     repository = build(settings, work / "repo")
     with TritonServer(repository, args=server_args(settings)) as server:
         pid = server.proc.pid
         runs = [("1 minute", minute, "mask"), (f"{args.long_minutes} minutes", long, "mask")]
-        runs.append(("1 minute", minute, "segmented"))
+        if not args.no_segmented:
+            runs.append(("1 minute", minute, "segmented"))
         report["chain"] = []
         for name, source, returns in runs:
             try:
