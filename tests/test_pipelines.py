@@ -61,7 +61,7 @@ def run_mask(frames: list, probs: list, class_ids: list[int], thresholds: list[f
     pipe.feed_input("PROBS", probs)
     pipe.feed_input("CLASS_ID", [np.array([c], np.int32) for c in class_ids])
     pipe.feed_input("THRESHOLD", [np.array([t], np.float32) for t in thresholds])
-    (out,) = pipe.run()
+    out, _ = pipe.run()
     return [np.array(o) for o in out]
 
 
@@ -90,3 +90,16 @@ def test_class_names_are_the_21_voc_classes():
     assert len(VOC_CLASSES) == 21 and class_index("person") == 15
     with pytest.raises(ValueError, match="unknown class 'human'.*person"):
         class_index("human")
+
+
+def test_mask_alone_is_the_thresholded_class_channel_at_the_models_size():
+    rng = np.random.default_rng(2)
+    probs = [rng.random((21, 6, 8), dtype=np.float32).astype(np.float16) for _ in range(2)]
+    pipe = pipeline_def(mask, batch_size=2, num_threads=1, device_id=None, prefetch_queue_depth=1)(with_frames=False)
+    pipe.build()
+    pipe.feed_input("PROBS", probs)
+    pipe.feed_input("CLASS_ID", [np.array([4], np.int32), np.array([9], np.int32)])
+    pipe.feed_input("THRESHOLD", [np.array([0.3], np.float32)] * 2)
+    (out,) = pipe.run()
+    for i, (c, p) in enumerate(zip([4, 9], probs, strict=True)):
+        np.testing.assert_array_equal(np.array(out[i]), (p[c].astype(np.float32) > 0.3).astype(np.uint8))

@@ -24,11 +24,11 @@ def test_every_config_parses_and_describes_the_chain(tmp_path, target, device):
     settings = Settings(target=target, device=device, random_weights_seed=0)
     repository = build(settings, tmp_path / "repo")
     configs = {d.name: parse(d / "config.pbtxt") for d in repository.iterdir()}
-    assert set(configs) == {models.ENTRY, models.DECODER, models.SEGMENTER, models.MASKER}
+    assert set(configs) == {models.ENTRY, models.DECODER, models.SEGMENTER, models.MASKER, models.CLASS_MASKER}
     assert all(name == config.name for name, config in configs.items())
     assert configs[models.ENTRY].model_transaction_policy.decoupled
     assert configs[models.DECODER].model_transaction_policy.decoupled
-    for name in (models.DECODER, models.MASKER):
+    for name in (models.DECODER, models.MASKER, models.CLASS_MASKER):
         assert configs[name].backend == target
         model_file = "dali.py" if target == "dali" else "model.py"
         assert (repository / name / "1" / model_file).is_file()
@@ -40,14 +40,19 @@ def test_every_config_parses_and_describes_the_chain(tmp_path, target, device):
     segmenter_in = configs[models.SEGMENTER].input[0]
     assert segmenter_in.data_type == decoder_out[segmenter_in.name].data_type
     assert list(segmenter_in.dims) == list(decoder_out[segmenter_in.name].dims)[2:]
-    masker_in = {i.name: i for i in configs[models.MASKER].input}
-    assert masker_in["PROBS"].dims == configs[models.SEGMENTER].output[0].dims
-    assert masker_in["PROBS"].data_type == configs[models.SEGMENTER].output[0].data_type
+    for masker in (models.MASKER, models.CLASS_MASKER):
+        masker_in = {i.name: i for i in configs[masker].input}
+        assert masker_in["PROBS"].dims == configs[models.SEGMENTER].output[0].dims
+        assert masker_in["PROBS"].data_type == configs[models.SEGMENTER].output[0].data_type
+    # What the entry model returns is what the maskers make.
+    entry_out = {o.name for o in configs[models.ENTRY].output}
+    assert {o.name for o in configs[models.MASKER].output} <= entry_out
+    assert {o.name for o in configs[models.CLASS_MASKER].output} == {models.MASK}
     kind = mc.ModelInstanceGroup.KIND_GPU if device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     assert configs[models.SEGMENTER].instance_group[0].kind == kind
 
 
-@pytest.mark.parametrize("name", [models.DECODER, models.MASKER])
+@pytest.mark.parametrize("name", [models.DECODER, models.MASKER, models.CLASS_MASKER])
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_native_dali_py_serializes_the_shared_pipeline(tmp_path, name, device, monkeypatch):
     repository = build(Settings(target="dali", device=device, random_weights_seed=0), tmp_path / "repo")
@@ -66,7 +71,7 @@ def test_native_dali_py_serializes_the_shared_pipeline(tmp_path, name, device, m
     assert [o.name for o in pipe._graph_outputs] == [o.name for o in config.output]
 
 
-@pytest.mark.parametrize("name", [models.DECODER, models.MASKER])
+@pytest.mark.parametrize("name", [models.DECODER, models.MASKER, models.CLASS_MASKER])
 def test_python_runner_parameters_build_the_same_pipeline(name):
     settings = Settings(random_weights_seed=0)
     call = models.pipeline_calls(settings)[name]
@@ -82,7 +87,7 @@ def test_python_runner_parameters_build_the_same_pipeline(name):
 def test_gpu_instances_are_placed_on_every_gpu(gpus):
     settings = Settings(device="gpu", gpus=gpus, decoder_instances=3, random_weights_seed=0)
     configs = models.configs(settings)
-    for name in (models.DECODER, models.SEGMENTER, models.MASKER):
+    for name in (models.DECODER, models.SEGMENTER, models.MASKER, models.CLASS_MASKER):
         (group,) = configs[name].instance_group
         assert group.kind == mc.ModelInstanceGroup.KIND_GPU and list(group.gpus) == list(gpus)
     assert configs[models.DECODER].instance_group[0].count == 3  # per GPU
