@@ -1,7 +1,7 @@
 """The GPU benchmark: decode limit, model limit, the original example's way, and the full chain, in one run.
 
 On the GPU machine, after ../shared/gpu's staging:  python benchmarks/gpu.py --out $OUT
-Here, to check the script itself on the CPU (tiny sizes):  python benchmarks/gpu.py --smoke --out /tmp/bench
+On the CPU, tiny frames (memory with a 1- and a 10-minute input; a check of the script): python benchmarks/gpu.py --cpu
 
 Prints a table and writes benchmark.json. The chain: the project's server (Python-backend target, NVDEC, float16
 segmenter) from `repo.build`, started by `repo.serve`; the client streams a long 1080p H.264 video as GOP-aligned
@@ -41,7 +41,7 @@ from stream_client.stream import Chunk, Failed, Finished, SegmentationStream  # 
 # ---------------------------------------------------------------- inputs
 def make_clip(path: Path, frames: int, width: int, height: int, rate: int = 30, codec: str = "libx264") -> Path:
     """A 1080p-like H.264 clip: gradient with a moving square, GOP 2 s, B-frames, as a camera or an editor writes
-    (`--smoke` on the CPU: MJPEG, which the CPU decoder reads)."""
+    (`--cpu` on the CPU: MJPEG, which the CPU decoder reads)."""
     y, x = np.mgrid[0:height, 0:width]
     background = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1).astype(np.uint8)
     size = height // 5
@@ -312,7 +312,7 @@ def chain(url: str, source: Path, window: int, returns: str, max_seconds: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: check the script, not the GPU")
+    parser.add_argument("--cpu", action="store_true", help="tiny frames on the CPU (memory figures; checks the script)")
     parser.add_argument("--long-minutes", type=int, default=10)
     parser.add_argument("--skip-limits", action="store_true", help="only the chain")
     parser.add_argument("--frames-per-chunk", type=int, default=16)
@@ -323,16 +323,16 @@ def main() -> None:
     parser.add_argument("--decoders", type=int, default=8, help="decoder instances (NVDEC streams) on the GPU")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    device = "cpu" if args.smoke else "gpu"
-    width, height, rate = (64, 48, 10) if args.smoke else (1920, 1080, 30)
-    model_size = (32, 32) if args.smoke else (224, 224)
+    device = "cpu" if args.cpu else "gpu"
+    width, height, rate = (64, 48, 10) if args.cpu else (1920, 1080, 30)
+    model_size = (32, 32) if args.cpu else (224, 224)
     work = Path(tempfile.mkdtemp(prefix="segment-bench-"))
     report: dict = {"device": device, "date": time.strftime("%Y-%m-%d"), "options": vars(args) | {"out": str(args.out)}}
     if device == "gpu":
         report["gpu"] = torch.cuda.get_device_name(0)
 
     with timed(report, "make_inputs_seconds"):
-        suffix, codec = (".mkv", "mjpeg") if args.smoke else (".mp4", "libx264")
+        suffix, codec = (".mkv", "mjpeg") if args.cpu else (".mp4", "libx264")
         minute = make_clip(work / f"minute{suffix}", 60 * rate, width, height, rate, codec)
         long = repeat_clip(minute, args.long_minutes, work / f"long{suffix}")
     print(f"inputs: 1 minute and {args.long_minutes} minutes of {width}x{height} H.264 at {rate} frames/s", flush=True)
