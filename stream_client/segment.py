@@ -166,7 +166,7 @@ def segment_file(
     start = time.monotonic()
     frame_duration = 1 / float(found.rate or 30)
 
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, _resumable(manifest, parts):
         streams = [stack.enter_context(SegmentationStream(url, events=events)) for url in urls]
         infos = {s.url: s.server_info() for s in streams}
 
@@ -219,10 +219,7 @@ def segment_file(
             event = streams[0].next_event()  # all streams share one queue
             if isinstance(event, Failed):
                 if event.video is None or event.video not in in_flight:
-                    raise StreamError(
-                        f"the stream failed: {event.message} ({len(manifest.done)} of {len(plan)} segments are done "
-                        f"in {parts}; run again with --resume to go on)"
-                    )
+                    raise StreamError(f"the stream failed: {event.message}")
                 state = in_flight.pop(event.video)
                 if state.attempts > retries:
                     raise SegmentError(
@@ -258,6 +255,16 @@ def segment_file(
         str(source), str(out), progress.done, done, seconds, done / seconds if seconds > 0 else 0.0, first_chunk,
         kept / max(total, 1), len(plan), reencoded,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _resumable(manifest: Manifest, parts: Path) -> Iterator[None]:
+    """A broken stream (a server gone) ends the run with what is done and how to go on."""
+    try:
+        yield
+    except StreamError as e:
+        done = f"{len(manifest.done)} of {manifest.segments} segments are done in {parts}"
+        raise StreamError(f"{e} ({done}; run again with --resume to go on)") from None
 
 
 def parts_folder(out: Path) -> Path:

@@ -114,14 +114,17 @@ class SegmentationStream:
         if returns != "segmented":
             parameters[models.RETURNS_PARAMETER] = returns
         outputs = [*models.RETURNS.get(returns, (models.SEGMENTED,)), models.FRAME_INDEX]
-        self.client.async_stream_infer(
-            models.ENTRY,
-            [tensor],
-            request_id=video,
-            outputs=[grpcclient.InferRequestedOutput(name) for name in outputs],
-            parameters=parameters or None,
-            enable_empty_final_response=True,
-        )
+        try:
+            self.client.async_stream_infer(
+                models.ENTRY,
+                [tensor],
+                request_id=video,
+                outputs=[grpcclient.InferRequestedOutput(name) for name in outputs],
+                parameters=parameters or None,
+                enable_empty_final_response=True,
+            )
+        except InferenceServerException as e:  # the stream broke (its cause reaches the callback too)
+            raise StreamError(f"{self.url}: {e.message()}") from None
 
     def next_event(self) -> Event:
         try:
