@@ -1,4 +1,4 @@
-"""Video files with PyAV: re-encode for a server that decodes on the CPU, write the segmented frames, dump images."""
+"""Video files with PyAV: decode, re-encode for a server that decodes on the CPU, dump frames as images."""
 
 import io
 from collections.abc import Iterator
@@ -37,45 +37,6 @@ def reencode_for_cpu(source: Path | bytes, rate: Fraction | None) -> bytes:
         if stream is not None:
             container.mux(stream.encode())
     return out.getvalue()
-
-
-class VideoWriter:
-    """Writes (H, W, 3) uint8 frames to an H.264 MP4 at a constant rate; odd sizes are padded by one edge pixel."""
-
-    def __init__(self, path: Path, rate: Fraction | None) -> None:
-        self.path = path
-        self.rate = Fraction(rate or 30)
-        self.container = av.open(str(path), "w")
-        self.stream: av.VideoStream | None = None
-        self.count = 0
-
-    def write(self, frame: np.ndarray) -> None:
-        h, w = frame.shape[:2]
-        if self.stream is None:
-            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-            self.stream = self.container.add_stream(codec, rate=self.rate)
-            self.stream.height, self.stream.width = h + h % 2, w + w % 2
-            self.stream.pix_fmt = "yuv420p"
-            if codec == "libx264":
-                self.stream.codec_context.options = {"crf": "18", "preset": "veryfast"}
-        if h % 2 or w % 2:
-            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        video_frame.pts = self.count
-        video_frame.time_base = 1 / self.rate
-        self.container.mux(self.stream.encode(video_frame))
-        self.count += 1
-
-    def close(self) -> None:
-        if self.stream is not None:
-            self.container.mux(self.stream.encode())
-        self.container.close()
-
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def save_image(path: Path, frame: np.ndarray) -> None:
