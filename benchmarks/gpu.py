@@ -65,13 +65,14 @@ def repeat_clip(clip: Path, times: int, path: Path) -> Path:
     with av.open(str(clip)) as src:
         stream = src.streams.video[0]
         packets = [p for p in src.demux(stream) if p.size]
-        span = max(p.pts for p in packets) - min(p.pts for p in packets) + (packets[1].pts - packets[0].pts or 1)
-        span = int(round(stream.duration or span)) if stream.duration else span
+        frame = int(1 / (stream.average_rate * stream.time_base))
+        span = max(p.pts for p in packets) - min(p.pts for p in packets) + frame
         with av.open(str(path), "w") as out:
             target = out.add_stream_from_template(stream)
             for k in range(times):
-                for p in packets:
-                    p.pts, p.dts = p.pts + (span if k else 0), p.dts + (span if k else 0)
+                for p in packets:  # each pass shifts the same packets one more span
+                    offset = span if k else 0
+                    p.pts, p.dts = p.pts + offset, p.dts + offset
                     p.stream = target
                     out.mux(p)
     return path
@@ -242,8 +243,7 @@ def original_way(clip: Path, device: str, size: tuple[int, int], batch: int) -> 
     with timed(result):
         pipe.feed_input("ENCODED", [np.fromfile(clip, np.uint8)])
         (model_input,) = pipe.run()
-        x = model_input.as_tensor() if device == "cpu" else model_input
-        tensor = torch.from_numpy(np.array(x[0])) if device == "cpu" else _dali_to_torch(model_input)
+        tensor = torch.from_numpy(np.array(model_input[0])) if device == "cpu" else _dali_to_torch(model_input)
         masks = []
         with torch.inference_mode():
             for start in range(0, len(tensor), batch):

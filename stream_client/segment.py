@@ -174,7 +174,7 @@ def segment_file(
             nonlocal reencoded
             data = state.segment.data
             codecs = infos[state.stream.url].codecs
-            if probe(data).codec not in codecs:
+            if found.codec not in codecs:  # a segment is the source's packets: its codec is the source's
                 data = videos.reencode_for_cpu(data, found.rate)
                 if reencoded is None:
                     print(
