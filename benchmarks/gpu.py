@@ -14,6 +14,8 @@ import json
 import os
 import queue
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from export import fcn  # noqa: E402
 from pipelines.decode import IMAGENET_MEAN, IMAGENET_STD, decode  # noqa: E402
 from repo.build import build  # noqa: E402
-from repo.models import Settings, server_args  # noqa: E402
-from repo.serve import TritonServer  # noqa: E402
+from repo.models import CLASS_MASKER, DECODER, ENTRY, MASKER, SEGMENTER, Settings, server_args  # noqa: E402
+from repo.serve import TritonServer, tree_memory_mib  # noqa: E402
 from stream_client import gops  # noqa: E402
 from stream_client.stream import Chunk, Failed, Finished, SegmentationStream  # noqa: E402
 
@@ -112,25 +114,7 @@ class Peaks:
 
 def tree_rss_mib(pid: int) -> float:
     """RSS of a process and all its descendants (tritonserver and its Python-backend stubs)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo += children.get(p, [])
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+    return tree_memory_mib(pid)["rss"]
 
 
 def gpu_memory_by_model() -> dict[str, int]:
@@ -148,6 +132,18 @@ def gpu_memory_by_model() -> dict[str, int]:
                     Path(args[0]).name)  # fmt: skip
         used[name] = used.get(name, 0) + int(mib)
     return used
+
+
+def dump_stacks(server_pid: int) -> None:
+    """Ask the server's Python-backend stubs for their threads' stacks (faulthandler on SIGUSR1, to the log)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"triton_python_backend_stub" in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGUSR1)
+            except OSError:
+                pass
+    time.sleep(3)
 
 
 def client_peak_rss_mib() -> float:
@@ -267,6 +263,45 @@ def _dali_to_torch(tensor_list) -> torch.Tensor:
     return out
 
 
+def model_busy_seconds(url: str) -> dict[str, dict[str, float]]:
+    """Per model, from Triton's statistics: executions, seconds computing (input + infer + output), seconds queued."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    busy = {}
+    for model in stats:
+        # A batch's compute time counts once per execution in batch_stats, once per request in inference_stats.
+        parts = ("compute_input", "compute_infer", "compute_output")
+        batches = model.get("batch_stats") or [model["inference_stats"] | {"count": model.get("execution_count", 0)}]
+        compute = sum(int(b.get(k, {}).get("ns", 0)) for b in batches for k in parts) / 1e9
+        executions = sum(int(b.get("count", 0) or b.get("compute_infer", {}).get("count", 0)) for b in batches)
+        queue = int(model["inference_stats"].get("queue", {}).get("ns", 0)) / 1e9
+        requests = int(model["inference_stats"].get("success", {}).get("count", 0))
+        busy[model["name"]] = {"executions": executions, "requests": requests, "compute_seconds": compute,
+                               "queue_seconds": queue}  # fmt: skip
+    return busy
+
+
+def busy_during(before: dict, after: dict, seconds: float, instances: dict[str, int]) -> dict:
+    """Each model's share of the run's wall time spent computing, per instance (1.0: every instance always busy)."""
+    out = {}
+    for name, a in after.items():
+        b = before.get(name, dict.fromkeys(a, 0))
+        executions = a["executions"] - b["executions"]
+        if executions:
+            compute = a["compute_seconds"] - b["compute_seconds"]
+            out[name] = {
+                "executions": executions,
+                "busy_per_instance": round(compute / seconds / instances.get(name, 1), 3),
+                "mean_compute_ms": round(1000 * compute / executions, 2),
+                "mean_queue_ms_per_request": round(
+                    1000 * (a["queue_seconds"] - b["queue_seconds"]) / max(1, a["requests"] - b["requests"]), 2
+                ),
+            }
+    return out
+
+
 def chain(url: str, source: Path, window: int, returns: str, max_seconds: float, server_pid: int, gpu: bool) -> dict:
     """One long video through the server: segments in flight, chunks counted as they arrive."""
     plan = gops.plan(source, max_seconds=max_seconds)
@@ -275,6 +310,7 @@ def chain(url: str, source: Path, window: int, returns: str, max_seconds: float,
     result: dict = {"video_frames": expected, "segments": len(plan), "window": window, "returns": returns}
     received = 0
     first_chunk = None
+    stats_before = model_busy_seconds(url)
     with SegmentationStream(url, events=events, idle_timeout=300) as stream, Peaks(server_pid, gpu) as peaks:
         pending = gops.segments(source, plan)
         in_flight = 0
@@ -285,7 +321,7 @@ def chain(url: str, source: Path, window: int, returns: str, max_seconds: float,
                 in_flight += 1
             if in_flight == 0:
                 break
-            event = events.get(timeout=300)
+            event = events.get(timeout=120)
             if isinstance(event, Failed):
                 raise RuntimeError(f"{event.video}: {event.message}")
             if isinstance(event, Finished):
@@ -303,6 +339,7 @@ def chain(url: str, source: Path, window: int, returns: str, max_seconds: float,
         peak_server_rss_mib=peaks.rss_mib,
         peak_client_rss_mib=client_peak_rss_mib(),
         gpu_memory_after_mib=gpu_memory_by_model() if gpu else {},
+        models=(stats_before, model_busy_seconds(url)),
     )
     if received != expected:
         raise RuntimeError(f"{received} frames came back of {expected}")
@@ -321,6 +358,9 @@ def main() -> None:
     parser.add_argument("--no-segmented", action="store_true", help="skip the run that returns full frames")
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--decoders", type=int, default=8, help="decoder instances (NVDEC streams) on the GPU")
+    parser.add_argument("--entry-instances", type=int, default=4, help="processes of the entry model")
+    parser.add_argument("--cuda-pool-gib", type=int, default=4, help="Triton's CUDA memory pool")
+    parser.add_argument("--segment-seconds", type=float, default=4.0, help="the client's segments")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.cpu else "gpu"
@@ -350,7 +390,13 @@ def main() -> None:
         frames_per_chunk=args.frames_per_chunk, max_batch=64,
         decoder_instances=args.decoders if device == "gpu" else 2, segmenter_instances=args.segmenters,
         masker_instances=2, chunks_in_flight=args.chunks_in_flight, random_weights_seed=0,
+        entry_instances=args.entry_instances, cuda_pool_bytes=args.cuda_pool_gib << 30,
     )  # fmt: skip
+    instances = {
+        ENTRY: settings.entry_instances, DECODER: settings.decoder_instances,
+        SEGMENTER: settings.segmenter_instances, MASKER: settings.masker_instances,
+        CLASS_MASKER: settings.masker_instances,
+    }  # fmt: skip
     repository = build(settings, work / "repo")
     with TritonServer(repository, args=server_args(settings)) as server:
         pid = server.proc.pid
@@ -360,11 +406,14 @@ def main() -> None:
         report["chain"] = []
         for name, source, returns in runs:
             try:
-                result = chain(server.url, source, args.window, returns, 2.0, pid, device == "gpu")
-            except RuntimeError:
-                print(server.log(), flush=True)
+                result = chain(server.url, source, args.window, returns, args.segment_seconds, pid, device == "gpu")
+            except (RuntimeError, queue.Empty):
+                dump_stacks(pid)
+                shutil.copy(server.log_path, args.out / "server.log")
+                print(server.log(30), flush=True)
                 raise
             result["input"] = name
+            result["models"] = busy_during(*result["models"], result["seconds"], instances)
             report["chain"].append(result)
             print(f"chain, {name}, returns={returns}:", result, flush=True)
 
@@ -394,6 +443,10 @@ def print_table(report: dict) -> None:
     print(" | ".join(header))
     for r in rows:
         print(" | ".join([r[0], f"{r[1]:.0f}", *(str(v) for v in r[2:])]))
+    for c in report.get("chain", []):
+        print(f"models during chain, {c['input']}, {c['returns']}:")
+        for name, m in c["models"].items():
+            print(f"  {name}: {m}")
 
 
 if __name__ == "__main__":

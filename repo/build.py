@@ -100,6 +100,7 @@ def settings_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-batch", type=int, default=defaults.max_batch)
     g.add_argument("--gpus", type=int, nargs="+", default=defaults.gpus)
     g.add_argument("--decoder-instances", type=int, default=defaults.decoder_instances)
+    g.add_argument("--entry-instances", type=int, default=defaults.entry_instances)
     g.add_argument("--segmenter-instances", type=int, default=defaults.segmenter_instances)
     g.add_argument("--masker-instances", type=int, default=defaults.masker_instances)
     g.add_argument("--chunks-in-flight", type=int, default=defaults.chunks_in_flight)
@@ -112,6 +113,9 @@ def settings_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--default-class", default=defaults.default_class)
     g.add_argument("--default-threshold", type=float, default=defaults.default_threshold)
+    g.add_argument("--max-video-bytes", type=int, default=defaults.max_video_bytes, help="per request")
+    g.add_argument("--max-video-frames", type=int, default=defaults.max_video_frames, help="per request")
+    g.add_argument("--max-frame-size", type=int, nargs=2, metavar=("H", "W"), default=defaults.max_frame_size)
     g.add_argument("--weights", type=Path, help=f"segmenter weights file (default: {DEFAULT_WEIGHTS})")
     return parser
 
@@ -120,6 +124,7 @@ def settings_from(args: argparse.Namespace) -> models.Settings:
     values = {f.name: getattr(args, f.name) for f in fields(models.Settings) if hasattr(args, f.name)}
     values["model_size"] = tuple(values["model_size"])
     values["gpus"] = tuple(values["gpus"])
+    values["max_frame_size"] = tuple(values["max_frame_size"])
     return models.Settings(**values)
 
 

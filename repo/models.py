@@ -30,6 +30,7 @@ SEGMENTED = mask.SEGMENTED
 MASK = mask.MASK
 FRAME_INDEX = "FRAME_INDEX"
 PROBS = mask.PROBS
+CLASS_PROBS = "CLASS_PROBS"  # the segmenter's output for one class (CLASS_ID): 1/21 of PROBS to pass on
 CLASS_PARAMETER = "class"
 THRESHOLD_PARAMETER = "threshold"
 RETURNS_PARAMETER = "returns"
@@ -52,6 +53,7 @@ class Settings:
     max_batch: int = 64  # frames per batch of the segmenter and the masker
     gpus: tuple[int, ...] = (0,)  # GPU devices; every instance count below is per GPU
     decoder_instances: int = 2  # videos decoded at once (per GPU)
+    entry_instances: int = 1  # processes of the entry model; the decoders are shared out among them
     segmenter_instances: int = 1
     masker_instances: int = 1
     chunks_in_flight: int = 2  # per video, between the decoder and the client
@@ -61,6 +63,12 @@ class Settings:
     dali_threads: int = 2
     cuda_pool_bytes: int = 4 << 30  # Triton's CUDA memory pool, per GPU
     shm_bytes: int = 64 << 20  # the Python backend's shared memory region per model instance, to start with
+    # Limits on one request (one video or segment), refused with a message naming the limit. The server does not
+    # wait for a client that reads slowly: what a stream has not read yet stays queued in tritonserver, up to the
+    # whole output of the videos it has in flight (the project's client bounds that with --window).
+    max_video_bytes: int = 1 << 30
+    max_video_frames: int = 18000  # 10 minutes at 30 frames/s
+    max_frame_size: tuple[int, int] = (4096, 4096)  # (H, W): NVDEC's limit for H.264
 
     def __post_init__(self) -> None:
         mask.class_index(self.default_class)
@@ -70,6 +78,8 @@ class Settings:
             raise ValueError("frames_per_chunk and chunks_per_response must be at least 1")
         if self.frames_per_chunk * self.chunks_per_response > self.max_batch:
             raise ValueError("a response (frames_per_chunk * chunks_per_response) must fit in max_batch frames")
+        if min(self.max_video_bytes, self.max_video_frames, *self.max_frame_size) < 1:
+            raise ValueError("the request limits (max_video_*, max_frame_size) must be positive")
         if self.target == "dali" and self.chunks_per_response != 1:
             # The last response of a video may hold chunks of different lengths, which the native backend
             # cannot return as one tensor; the Python runner concatenates them.
@@ -163,7 +173,8 @@ def _dali_model(s: Settings, config: mc.ModelConfig) -> mc.ModelConfig:
 def _masker(s: Settings, name: str, with_frames: bool) -> mc.ModelConfig:
     h, w = s.model_size
     inputs = [
-        _inp(mask.PROBS, s.model_dtype, [len(mask.VOC_CLASSES), h, w]),
+        # (C, h, w): all classes' probabilities, or only the wanted one's (the entry model's CLASS_PROBS, CLASS_ID 0).
+        _inp(mask.PROBS, s.model_dtype, [-1, h, w]),
         _inp(mask.CLASS_ID, mc.TYPE_INT32, [1]),
         _inp(mask.THRESHOLD, mc.TYPE_FP32, [1]),
     ]
@@ -194,17 +205,26 @@ def configs(s: Settings) -> dict[str, mc.ModelConfig]:
             _out(FRAME_INDEX, mc.TYPE_INT64, [1]),
         ],
         model_transaction_policy=mc.ModelTransactionPolicy(decoupled=True),
-        instance_group=_instances(s, 1, on_gpu=False),
+        instance_group=_instances(s, s.entry_instances, on_gpu=False),
     )
+    gpu_count = len(s.gpus) if s.device == "gpu" else 1
     _parameters(
         _python_model(s, entry),
         {
             "default_class": s.default_class,
             "default_threshold": str(s.default_threshold),
             "chunks_in_flight": str(s.chunks_in_flight),
-            "max_active_videos": str(s.decoder_instances * (len(s.gpus) if s.device == "gpu" else 1)),
+            "max_active_videos": str(-(-s.decoder_instances * gpu_count // s.entry_instances)),
             "decoder_device": s.device,
             "decoder_codecs": ",".join(decode.codecs_for(s.device)),
+            # What one video may hold in Triton's CUDA pool at once: half of its share, the rest a margin.
+            "pool_bytes_per_video": str(s.cuda_pool_bytes // (2 * s.decoder_instances) if s.device == "gpu" else 0),
+            "frames_per_response": str(s.frames_per_chunk * s.chunks_per_response),
+            "model_size": s.model_size,
+            "half": str(s.half).lower(),
+            "max_video_bytes": str(s.max_video_bytes),
+            "max_video_frames": str(s.max_video_frames),
+            "max_frame_size": s.max_frame_size,
         },
     )
     decoder = mc.ModelConfig(
@@ -222,8 +242,14 @@ def configs(s: Settings) -> dict[str, mc.ModelConfig]:
     segmenter = mc.ModelConfig(
         name=SEGMENTER,
         max_batch_size=s.max_batch,
-        input=[_inp(decode.MODEL_INPUT, s.model_dtype, [3, h, w])],
-        output=[_out(PROBS, s.model_dtype, [len(mask.VOC_CLASSES), h, w])],
+        input=[
+            _inp(decode.MODEL_INPUT, s.model_dtype, [3, h, w]),
+            mc.ModelInput(name=mask.CLASS_ID, data_type=mc.TYPE_INT32, dims=[1], optional=True),
+        ],
+        output=[
+            _out(PROBS, s.model_dtype, [len(mask.VOC_CLASSES), h, w]),
+            _out(CLASS_PROBS, s.model_dtype, [1, h, w]),
+        ],
         dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=2000),
         instance_group=_instances(s, s.segmenter_instances, on_gpu=True),
     )

@@ -5,6 +5,8 @@ Python backend included), or `tritonserver` on PATH (the NGC images). On a faile
 server's log.
 
     python -m repo.serve build/repo        # serve until Ctrl-C
+    SEGMENT_KEY=... python -m repo.serve build/repo --key-from-env segment-key=SEGMENT_KEY \\
+        --tls-cert server.crt --tls-key server.key      # an access key and TLS (repo/access.py)
 """
 
 import argparse
@@ -20,6 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from repo.access import Access, access_args
 from repo.stub_env import SITE_VARIABLE, pytriton_server_root
 
 
@@ -44,6 +47,33 @@ def _pytriton_server(workdir: Path) -> tuple[Path, Path]:
         (python / f.name).symlink_to(f)
     (python / "triton_python_backend_stub").symlink_to(stub / "triton_python_backend_stub")
     return root / "bin" / "tritonserver", backends
+
+
+def tree_memory_mib(pid: int) -> dict[str, float]:
+    """Memory of a process and its descendants (tritonserver and its Python-backend stubs), in MiB: `rss`, and its
+    parts `anon` (heaps) and `shmem` (shared memory, counted once per process that maps it: the stubs' regions are
+    mapped by tritonserver too)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssShmem:": "shmem"}
+    total, todo = dict.fromkeys(fields.values(), 0.0), [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                name, *value = line.split()
+                if name in fields:
+                    total[fields[name]] += int(value[0]) / 1024
+        except OSError:
+            pass
+    return total
 
 
 class TritonServer:
@@ -129,12 +159,37 @@ class TritonServer:
         self.stop()
 
 
+def _key_from_env(text: str) -> tuple[str, str]:
+    name, sep, variable = text.partition("=")
+    if not sep or variable not in os.environ:
+        raise SystemExit(f"--key-from-env wants NAME=ENVVAR with ENVVAR set, got {text!r}")
+    return name, os.environ[variable]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repository", type=Path)
     parser.add_argument("server_args", nargs="*", help="more tritonserver options, after --")
-    args = parser.parse_args()
-    with TritonServer(args.repository, args=args.server_args) as server:
+    access = parser.add_argument_group("access (repo/access.py; health stays open)")
+    access.add_argument("--key-from-env", metavar="NAME=ENVVAR", help="every protocol but health wants this key")
+    access.add_argument("--control-key-from-env", metavar="NAME=ENVVAR", help="a separate key for model-repository")
+    access.add_argument("--tls-cert", type=Path, help="gRPC over TLS: the server's certificate (PEM)")
+    access.add_argument("--tls-key", type=Path, help="... and its private key (PEM)")
+    access.add_argument("--tls-ca", type=Path, help="the CA of the clients' certificates (with --mutual-tls)")
+    access.add_argument("--mutual-tls", action="store_true", help="clients need a certificate signed by --tls-ca")
+    access.add_argument("--model-control", action="store_true", help="allow loading and unloading models (needs a key)")
+    args = parser.parse_intermixed_args()  # options of its own may come before or after the repository
+    extra = list(args.server_args)
+    chosen = (args.key_from_env, args.control_key_from_env, args.tls_cert, args.tls_key, args.tls_ca)
+    if any(chosen) or args.mutual_tls or args.model_control:
+        key = _key_from_env(args.key_from_env) if args.key_from_env else (None, None)
+        control = _key_from_env(args.control_key_from_env) if args.control_key_from_env else (None, None)
+        try:
+            a = Access(*key, *control, args.tls_cert, args.tls_key, args.tls_ca, args.mutual_tls, args.model_control)
+        except ValueError as e:
+            parser.error(str(e))
+        extra = access_args(a) + extra
+    with TritonServer(args.repository, args=extra) as server:
         print(f"ready: gRPC {server.url}, HTTP {server.http_url}, log {server.log_path}", flush=True)
         try:
             server.proc.wait()

@@ -9,6 +9,8 @@ Writes the segmented video (H.264 MP4), prints a line per chunk and a summary.
     segment-video video.mp4 --url triton.example:8001 --dump-images frames/
     segment-video hour.mp4 --url gpu-a:8001 --url gpu-b:8001 --window 8  # watch hour_segmented.mp4.parts/playlist.m3u8
     segment-video hour.mp4 --url gpu-a:8001 --resume                      # after a crash: go on where it stopped
+    segment-video video.mp4 --url triton.example:8001 --tls-ca ca.crt --header-from-env \\
+        triton-grpc-protocol-segment-key=SEGMENT_KEY    # TLS, and an access key from $SEGMENT_KEY (README "Access")
 """
 
 import argparse
@@ -20,6 +22,7 @@ from pathlib import Path
 from repo.build import build, settings_from, settings_parser
 from repo.models import server_args
 from repo.serve import ServerError, TritonServer
+from stream_client.access import access_from, add_access_arguments
 from stream_client.output import PLAYLIST
 from stream_client.sample import make_video
 from stream_client.segment import SegmentError, parts_folder, segment_file
@@ -67,9 +70,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="go on with the run recorded beside --out, from its first unfinished segment",
     )
+    add_access_arguments(parser)
     args = parser.parse_args(argv)
     if (args.video is None) == (not args.sample):
         parser.error("give a VIDEO or --sample")
+    access = (args.tls, args.tls_ca, args.tls_cert, args.tls_key, args.header, args.header_from_env)
+    if not args.urls and any(access):
+        parser.error("--tls, --tls-* and --header* are for servers given with --url (the local server is plain)")
     return args
 
 
@@ -85,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(f"watch it while it runs: {parts_folder(out) / PLAYLIST}", file=sys.stderr)
     if args.urls:
-        summary = segment_file(args.video, out, args.urls, **job)
+        tls, headers = access_from(args)
+        summary = segment_file(args.video, out, args.urls, tls=tls, headers=headers, **job)
     else:
         settings = settings_from(args)
         repository = build(settings, workdir / "repo", args.weights)

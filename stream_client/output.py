@@ -114,7 +114,8 @@ def concat(folder: Path, count: int, out: Path) -> None:
     with av.open(str(partial), "w", format="mp4") as container:
         streams: dict[str, av.stream.Stream] = {}
         for index in range(count):
-            with av.open(str(folder / segment_name(index))) as segment:
+            # The format named: FFmpeg's probe does not recognise a segment of a few tiny frames as MPEG-TS.
+            with av.open(str(folder / segment_name(index)), format="mpegts") as segment:
                 for stream in segment.streams:
                     if stream.type not in streams:
                         streams[stream.type] = container.add_stream_from_template(stream)

@@ -29,6 +29,7 @@ import numpy as np
 
 from pipelines.probe import probe
 from stream_client import gops, output, videos
+from stream_client.access import Tls
 from stream_client.manifest import Manifest
 from stream_client.reorder import Reorderer
 from stream_client.stream import Event, Failed, Finished, SegmentationStream, StreamError
@@ -126,10 +127,13 @@ def segment_file(
     retries: int = 1,
     dump_images: Path | None = None,
     progress_out: TextIO | None = None,
+    tls: Tls | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Summary:
     """Segment `source` into `out` (MP4) through the servers at `urls`; the parts folder beside it grows meanwhile.
 
-    `progress_out`: where the per-chunk lines go (default: standard error)."""
+    `progress_out`: where the per-chunk lines go (default: standard error). `tls` and `headers` (an access key):
+    for every server's stream, see `stream_client.access`."""
     source, out = Path(source), Path(out)
     urls = [urls] if isinstance(urls, str) else list(urls)
     progress_out = progress_out or sys.stderr
@@ -141,34 +145,29 @@ def segment_file(
     time_base, packet_pts = source_timestamps(source)
     parts = parts_folder(out)
     options = {"class": class_name, "threshold": threshold, "max_seconds": max_seconds, "max_bytes": max_bytes}
-    manifest = Manifest.new(source, options, plan)
-    if resume and (previous := Manifest.load(parts)) is not None:
-        if not previous.same_run(manifest):
-            raise SegmentError(f"{parts} holds a run of another source or other options: remove it to start anew")
-        manifest = previous
-    elif parts.exists():
-        if Manifest.load(parts) is not None and not resume:
-            raise SegmentError(f"{parts} holds an earlier run: add --resume to go on with it, or remove it")
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    manifest.save(parts)
-    if dump_images:
-        dump_images.mkdir(parents=True, exist_ok=True)
-
-    todo = [p for p in plan if p.index not in manifest.done]
-    progress = Progress(found.packets, sum(p.frames for p in plan if p.index in manifest.done), progress_out)
     events: queue.Queue[Event] = queue.Queue()
-    pending = gops.segments(source, todo)
-    in_flight: dict[str, InFlight] = {}
-    reencoded = None
-    first_chunk = None
-    kept = total = 0
     start = time.monotonic()
-    frame_duration = 1 / float(found.rate or 30)
 
-    with contextlib.ExitStack() as stack, _resumable(manifest, parts):
-        streams = [stack.enter_context(SegmentationStream(url, events=events)) for url in urls]
+    with contextlib.ExitStack() as stack:
+        # Connect first: a server that refuses (no access key, a wrong one, TLS that does not match) or is not there
+        # leaves no parts folder behind, and no run to resume.
+        streams = [
+            stack.enter_context(SegmentationStream(url, events=events, tls=tls, headers=headers)) for url in urls
+        ]
         infos = {s.url: s.server_info() for s in streams}
+        manifest = _prepare_parts(parts, Manifest.new(source, options, plan), resume)
+        if dump_images:
+            dump_images.mkdir(parents=True, exist_ok=True)
+
+        todo = [p for p in plan if p.index not in manifest.done]
+        progress = Progress(found.packets, sum(p.frames for p in plan if p.index in manifest.done), progress_out)
+        pending = gops.segments(source, todo)
+        in_flight: dict[str, InFlight] = {}
+        reencoded = None
+        first_chunk = None
+        kept = total = 0
+        frame_duration = 1 / float(found.rate or 30)
+        stack.enter_context(_resumable(manifest, parts))
 
         def send(state: InFlight) -> None:
             nonlocal reencoded
@@ -255,6 +254,21 @@ def segment_file(
         str(source), str(out), progress.done, done, seconds, done / seconds if seconds > 0 else 0.0, first_chunk,
         kept / max(total, 1), len(plan), reencoded,
     )  # fmt: skip
+
+
+def _prepare_parts(parts: Path, manifest: Manifest, resume: bool) -> Manifest:
+    """The parts folder for this run: a new one, or with `resume` the earlier run's (which must be the same run)."""
+    if resume and (previous := Manifest.load(parts)) is not None:
+        if not previous.same_run(manifest):
+            raise SegmentError(f"{parts} holds a run of another source or other options: remove it to start anew")
+        manifest = previous
+    elif parts.exists():
+        if Manifest.load(parts) is not None and not resume:
+            raise SegmentError(f"{parts} holds an earlier run: add --resume to go on with it, or remove it")
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    manifest.save(parts)
+    return manifest
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from repo import models
+from stream_client.access import Tls
 
 
 @dataclass
@@ -48,6 +49,50 @@ class StreamError(RuntimeError):
     pass
 
 
+# What Triton says when a restricted protocol is called without its header (or with a wrong value).
+_RESTRICTED = re.compile(r"restricted, expecting header '(?P<header>[^']+)'")
+
+
+def explain(
+    url: str,
+    error: InferenceServerException,
+    tls: Tls | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    connecting: bool = False,
+) -> str:
+    """A refused or failed call -> one line that names the server and the likely cause. `connecting`: the first
+    calls (a closed socket then hints at TLS; later it means the server went away)."""
+    message = error.message() or str(error)
+    if found := _RESTRICTED.search(message):
+        header = found["header"]
+        sent = "the value sent is wrong" if header.lower() in (headers or {}) else "it was not sent"
+        return (
+            f"the server at {url} refused access: it wants the header {header!r} with its access key, and {sent} "
+            f"(--header {header}=VALUE or --header-from-env {header}=ENVVAR)"
+        )
+    if not connecting:
+        return f"{url}: {message}"
+    if "WRONG_VERSION_NUMBER" in message:
+        return f"the server at {url} does not speak TLS on this port: leave out --tls and --tls-ca ({message})"
+    if "CERTIFICATE_VERIFY_FAILED" in message:
+        return (
+            f"the server at {url} has a certificate this client does not trust: give the CA that signed it with "
+            f"--tls-ca FILE ({message})"
+        )
+    if "Tls handshake failed" in message or "SSL_ERROR" in message:
+        return f"TLS with the server at {url} failed: {message}"
+    if "Socket closed" in message or "Connection reset" in message:
+        if tls is None:
+            cause = "it may want TLS (--tls, or --tls-ca FILE)"
+        elif tls.certificate_chain is None:
+            cause = "it may want a client certificate (mutual TLS: --tls-cert FILE --tls-key FILE)"
+        else:
+            cause = "it may not accept this client certificate"
+        return f"the server at {url} closed the connection: {cause} ({message})"
+    return f"no Triton server at {url}: {message}"
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     decoder_device: str
@@ -59,21 +104,40 @@ class ServerInfo:
 class SegmentationStream:
     """`with SegmentationStream(url) as stream:` then `stream.send(...)` and `stream.next_event()`."""
 
-    def __init__(self, url: str, *, idle_timeout: float = 300.0, events: "queue.Queue[Event] | None" = None) -> None:
-        """`events`: a queue to share with other streams (several servers, one consumer)."""
+    def __init__(
+        self,
+        url: str,
+        *,
+        idle_timeout: float = 300.0,
+        events: "queue.Queue[Event] | None" = None,
+        tls: Tls | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """`events`: a queue to share with other streams (several servers, one consumer). `tls`: gRPC over TLS (None:
+        plain). `headers`: sent with every call, the stream included (e.g. a Triton access key:
+        `{"triton-grpc-protocol-KEY": VALUE}`)."""
         self.url = url
         self.idle_timeout = idle_timeout
-        self.client = grpcclient.InferenceServerClient(url)
+        self.tls = tls
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()} or None  # gRPC metadata keys: lowercase
+        self.client = grpcclient.InferenceServerClient(url, **(tls.client_options() if tls else {}))
         self._events: queue.Queue[Event] = events if events is not None else queue.Queue()
+        self._config: dict | None = None
 
     def __enter__(self) -> "SegmentationStream":
         try:
-            ready = self.client.is_model_ready(models.ENTRY)
+            ready = self.client.is_model_ready(models.ENTRY, headers=self.headers)
+            if ready:
+                # Health stays open on a server with restricted protocols; the model's config does not: a missing
+                # key or a wrong one is refused here, before any video is sent.
+                self._config = self.client.get_model_config(models.ENTRY, headers=self.headers, as_json=True)
         except InferenceServerException as e:
-            raise StreamError(f"no Triton server at {self.url}: {e.message()}") from None
+            self.client.close()
+            raise StreamError(explain(self.url, e, self.tls, self.headers, connecting=True)) from None
         if not ready:
+            self.client.close()
             raise StreamError(f"the server at {self.url} has no ready model {models.ENTRY!r}")
-        self.client.start_stream(callback=self._on_response)
+        self.client.start_stream(callback=self._on_response, headers=self.headers)
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -82,10 +146,12 @@ class SegmentationStream:
         self.client.close()
 
     def server_info(self) -> ServerInfo:
-        params = {
-            k: v["string_value"]
-            for k, v in self.client.get_model_config(models.ENTRY, as_json=True)["config"]["parameters"].items()
-        }
+        if self._config is None:
+            try:
+                self._config = self.client.get_model_config(models.ENTRY, headers=self.headers, as_json=True)
+            except InferenceServerException as e:
+                raise StreamError(explain(self.url, e, self.tls, self.headers)) from None
+        params = {k: v["string_value"] for k, v in self._config["config"]["parameters"].items()}
         return ServerInfo(
             params["decoder_device"],
             tuple(params["decoder_codecs"].split(",")),
@@ -124,7 +190,7 @@ class SegmentationStream:
                 enable_empty_final_response=True,
             )
         except InferenceServerException as e:  # the stream broke (its cause reaches the callback too)
-            raise StreamError(f"{self.url}: {e.message()}") from None
+            raise StreamError(explain(self.url, e, self.tls, self.headers)) from None
 
     def next_event(self) -> Event:
         try:
@@ -135,7 +201,11 @@ class SegmentationStream:
     def _on_response(self, result: grpcclient.InferResult | None, error: InferenceServerException | None) -> None:
         if error is not None:
             found = _ERROR.match(error.message() or "")
-            failed = Failed(found["video"], found["message"]) if found else Failed(None, f"{self.url}: {error}")
+            failed = (
+                Failed(found["video"], found["message"])
+                if found
+                else Failed(None, explain(self.url, error, self.tls, self.headers))
+            )
             self._events.put(failed)
             return
         response = result.get_response()

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -37,6 +38,10 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 CASES = [None, *CI_VALUES]
 CASE_IDS = ["default", *(p.name.removesuffix("-values.yaml") for p in CI_VALUES)]
 HELM_HOME = ROOT / "tools" / "helm-home"  # Helm's cache and config: in the git-ignored tools/, not in ~
+ACCESS_VALUES = CHART / "ci" / "04-access-values.yaml"
+# Every protocol but health (repo/access.py): the probes and the helm test reach health without the key.
+RESTRICTED = "metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging"
+TLS_DIR = "/etc/segment-video/tls"
 
 
 def tool(name: str) -> str:
@@ -229,6 +234,13 @@ BAD_VALUES = {
     "negative-shm": (["--set", "shm.sizeLimit=-1Gi"], "/shm/sizeLimit", "-1Gi"),
     "negative-pool": (["--set", "server.cudaMemoryPoolBytes=-1"], "/server/cudaMemoryPoolBytes", "minimum"),
     "nested-unknown-key": (["--set", "weights.objectStore.urll=x"], "/weights/objectStore", "urll"),
+    "access-unknown-key": (["--set", "server.access.tls.secretNam=x"], "/server/access/tls", "secretNam"),
+    "access-header-capitals": (
+        ["--set", "server.access.restrictedKey.header=Key"],
+        "/server/access/restrictedKey",
+        "Key",
+    ),
+    "access-old-place": (["--set", "access.enabled=true"], "access", "not allowed"),
 }
 
 
@@ -304,20 +316,159 @@ def test_weights_from_a_volume_and_restricted_protocols_from_a_secret(tmp_path):
     missing = template(None, "--set", "weights.source=volume")
     assert missing.returncode != 0 and "weights.volume" in missing.stderr
 
-    access = ["--set", "access.enabled=true", "--set", "access.existingSecret=triton-key"]
+    access = ["--set", "server.access.restrictedKey.secretName=triton-key"]
     container = server_container(None, *access)
-    assert arg_value(container, "--grpc-restricted-protocol") == (
-        "inference,model-repository:triton-access-key=$(TRITON_ACCESS_KEY)"
-    )
-    assert arg_value(container, "--http-restricted-api").endswith(":triton-access-key=$(TRITON_ACCESS_KEY)")
+    assert arg_value(container, "--grpc-restricted-protocol") == f"{RESTRICTED}:segment-key=$(TRITON_ACCESS_KEY)"
+    assert arg_value(container, "--http-restricted-api") == f"{RESTRICTED}:segment-key=$(TRITON_ACCESS_KEY)"
     [key] = [e for e in container["env"] if e["name"] == "TRITON_ACCESS_KEY"]
     assert key["valueFrom"]["secretKeyRef"] == {"name": "triton-key", "key": "key"}
-    missing = template(None, "--set", "access.enabled=true")
-    assert missing.returncode != 0 and "access.existingSecret" in missing.stderr
-
+    assert arg_value(container, "--model-control-mode") == "none"
+    assert not [a for a in container["args"] if "ssl" in a]
     (tmp_path / "variants.yaml").write_text(rendered(None, *volume, *access))
     result = run(tool("kubernetes-validate"), "--strict", "-k", OLDEST_KUBERNETES, str(tmp_path / "variants.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_access_key_tls_and_model_control_from_secrets():
+    """ci/04-access-values.yaml: the flags are repo/access.py's (the key from the Secret through an environment
+    variable), the TLS Secret is mounted for the server and the helm test, the Ingress speaks TLS to the pods."""
+    from repo.access import Access, access_args
+
+    container = server_container(ACCESS_VALUES, "--set", "ingress.enabled=true")
+    key = "$(TRITON_ACCESS_KEY)"
+    tls = Path(TLS_DIR)
+    expected = access_args(
+        Access(
+            "segment-key", key, tls_cert=tls / "tls.crt", tls_key=tls / "tls.key", tls_ca=tls / "ca.crt",
+            mutual_tls=True, model_control=True,
+        )
+    )  # fmt: skip
+    options = (
+        "--grpc-restricted",
+        "--http-restricted",
+        "--model-control",
+        "--load-model",
+        "--grpc-use-ssl",
+        "--grpc-s",
+    )
+    rendered_access = [a for a in container["args"] if a.startswith(options) or a.startswith("--grpc-root-cert")]
+    assert sorted(rendered_access) == sorted(expected)
+    assert arg_value(container, "--grpc-restricted-protocol") == f"{RESTRICTED}:segment-key={key}"
+    assert arg_value(container, "--model-control-mode") == "explicit"
+    [env] = [e for e in container["env"] if e["name"] == "TRITON_ACCESS_KEY"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "segment-video-key", "key": "key"}
+    assert {"name": "grpc-tls", "mountPath": TLS_DIR, "readOnly": True} in container["volumeMounts"]
+    objects_ = objects(ACCESS_VALUES, "--set", "ingress.enabled=true")
+    pod = objects_[("Deployment", f"{RELEASE}-segment-video")]["spec"]["template"]["spec"]
+    secret = {"name": "grpc-tls", "secret": {"secretName": "segment-video-grpc-tls", "defaultMode": 0o440}}
+    assert secret in pod["volumes"]
+    # The probes stay on HTTP health, which the restricted groups leave open.
+    assert {container[f"{k}Probe"]["httpGet"]["path"] for k in ("startup", "liveness", "readiness")} <= {
+        "/v2/health/ready", "/v2/health/live",
+    }  # fmt: skip
+    test_pod = objects_[("Pod", f"{RELEASE}-segment-video-test-ready")]["spec"]
+    test_env = {e["name"]: e.get("value") for e in test_pod["containers"][0]["env"]}
+    assert test_env["GRPC_TLS_DIR"] == TLS_DIR and test_env["GRPC_TLS_MUTUAL"] == "true"
+    assert secret in test_pod["volumes"]
+    ingress = objects_[("Ingress", f"{RELEASE}-segment-video")]
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
+
+    # Plain TLS: no client CA, no mutual flag; without access values nothing of it is rendered.
+    plain_tls = server_container(None, "--set", "server.access.tls.secretName=grpc-tls")
+    assert arg_value(plain_tls, "--grpc-use-ssl") == "true"
+    assert not [a for a in plain_tls["args"] if a.startswith(("--grpc-root-cert", "--grpc-use-ssl-mutual"))]
+    default = server_container()
+    assert not [a for a in default["args"] if "restricted" in a or "ssl" in a or "load-model" in a]
+    assert "TRITON_ACCESS_KEY" not in {e["name"] for e in default["env"]}
+    assert (
+        one(None, "Ingress", "--set", "ingress.enabled=true")["metadata"]["annotations"][
+            "nginx.ingress.kubernetes.io/backend-protocol"
+        ]
+        == "GRPC"
+    )
+
+
+@pytest.mark.parametrize(
+    "values, error",
+    [
+        (
+            ["server.access.modelControl=true"],
+            "server.access.modelControl needs server.access.restrictedKey.secretName",
+        ),
+        (["server.access.tls.mutual=true"], "server.access.tls.mutual needs server.access.tls.secretName"),
+        (
+            ["server.access.restrictedKey.secretName=k", "server.access.restrictedKey.secretKey="],
+            "needs server.access.restrictedKey.secretKey",
+        ),
+    ],
+    ids=["model-control-without-a-key", "mutual-without-a-secret", "key-without-its-secret-key"],
+)
+def test_access_refuses_values_that_would_open_or_break_the_server(values, error):
+    result = template(None, *[a for v in values for a in ("--set", v)])
+    assert result.returncode != 0 and error in result.stderr, result.stderr
+
+
+def test_the_charts_access_flags_work_with_this_machines_tritonserver(tmp_path):
+    """ci/04-access-values.yaml's command line (access key, mutual TLS, model control), run here on an empty model
+    repository, the key expanded as Kubernetes does and the Secret's files made with openssl: health answers without
+    the key (the probes), the rest only with it, gRPC only over TLS with a client certificate."""
+    import tritonclient.grpc as grpcclient
+    from test_access import make_certs
+    from tritonclient.utils import InferenceServerException
+
+    container = server_container(ACCESS_VALUES)
+    secret = tmp_path / "secret-files"  # the Secret's tls.crt, tls.key and ca.crt
+    secret.mkdir()
+    make_certs(secret, "tls")
+    value = "k3y/+=="  # as a Secret's value could be
+    container = {
+        **container,
+        "args": [a.replace("$(TRITON_ACCESS_KEY)", value).replace(TLS_DIR, str(secret)) for a in container["args"]],
+    }
+    repository = tmp_path / "empty-repository"
+    repository.mkdir()
+    command, ports = local_command(container, repository, tmp_path)
+    http = f"http://127.0.0.1:{ports['http']}"
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while http_status(http + container["startupProbe"]["httpGet"]["path"]) != 200:
+            assert proc.poll() is None, f"tritonserver exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"not ready after 60 s:\n{log_path.read_text()[-4000:]}"
+            time.sleep(0.3)
+        assert http_status(http + container["livenessProbe"]["httpGet"]["path"]) == 200
+        with pytest.raises(urllib.error.HTTPError, match="403"):  # server metadata over HTTP: the key is missing
+            urllib.request.urlopen(http + "/v2", timeout=5)
+        request = urllib.request.Request(http + "/v2", headers={"segment-key": value})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+        header = "triton-grpc-protocol-segment-key"
+        url = f"127.0.0.1:{ports['grpc']}"
+        tls = dict(ssl=True, root_certificates=str(secret / "ca.crt"))
+        mutual = dict(tls, private_key=str(secret / "client.key"), certificate_chain=str(secret / "client.crt"))
+        client = grpcclient.InferenceServerClient(url, **mutual)
+        assert client.is_server_ready()  # health: open, as the helm test calls it
+        with pytest.raises(InferenceServerException, match=f"expecting header '{header}'"):
+            client.get_server_metadata()
+        assert client.get_server_metadata(headers={header: value}).name == "triton"
+        with pytest.raises(InferenceServerException, match="failed to load 'absent'"):  # model control is on
+            client.load_model("absent", headers={header: value})
+        client.close()
+        for options in ({}, tls):  # plain gRPC, and TLS without a client certificate
+            client = grpcclient.InferenceServerClient(url, **options)
+            with pytest.raises(InferenceServerException):
+                client.is_server_ready(client_timeout=5)
+            client.close()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def test_the_dashboard_shows_the_projects_and_tritons_metrics():

@@ -40,10 +40,12 @@ def test_every_config_parses_and_describes_the_chain(tmp_path, target, device):
     segmenter_in = configs[models.SEGMENTER].input[0]
     assert segmenter_in.data_type == decoder_out[segmenter_in.name].data_type
     assert list(segmenter_in.dims) == list(decoder_out[segmenter_in.name].dims)[2:]
+    segmenter_out = {o.name: o for o in configs[models.SEGMENTER].output}
     for masker in (models.MASKER, models.CLASS_MASKER):
         masker_in = {i.name: i for i in configs[masker].input}
-        assert masker_in["PROBS"].dims == configs[models.SEGMENTER].output[0].dims
-        assert masker_in["PROBS"].data_type == configs[models.SEGMENTER].output[0].data_type
+        for probs in (models.PROBS, models.CLASS_PROBS):  # every class, or the one the entry model asks for
+            assert masker_in["PROBS"].data_type == segmenter_out[probs].data_type
+            assert masker_in["PROBS"].dims[0] == -1 and masker_in["PROBS"].dims[1:] == segmenter_out[probs].dims[1:]
     # What the entry model returns is what the maskers make.
     entry_out = {o.name for o in configs[models.ENTRY].output}
     assert {o.name for o in configs[models.MASKER].output} <= entry_out

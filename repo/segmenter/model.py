@@ -1,11 +1,16 @@
 """The segmenter: torchvision's fcn_resnet101 with softmax, a batch of frames (N, 3, h, w) -> (N, 21, h, w).
 
+Outputs: PROBS, every class's probability; CLASS_PROBS (N, 1, h, w), the probability of the class a request names
+in CLASS_ID, for callers that want one class (the entry model): 1/21 of the bytes to pass on.
+
 Weights come from the file named by the `weights_file` parameter in this model's version directory (written by
 `python -m export.weights`, linked there by `python -m repo.build`). Without that file the model refuses to load,
 unless the config sets `random_weights_seed`: seeded random weights, for tests and offline demos, said in the log.
 """
 
+import faulthandler
 import json
+import signal
 from pathlib import Path
 
 import torch
@@ -13,11 +18,13 @@ import triton_python_backend_utils as pb_utils
 
 from export import fcn
 from pipelines import decode, mask
-from repo.triton_tensors import from_torch, input_tensor
+from repo import models
+from repo.triton_tensors import from_torch, input_tensor, to_torch
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         on_gpu = args["model_instance_kind"] == "GPU"
@@ -44,6 +51,17 @@ class TritonPythonModel:
         batches = [input_tensor(r, decode.MODEL_INPUT) for r in requests]
         probs = self.model(torch.cat(batches).to(self.device, self.dtype, memory_format=self.memory_format))
         responses = []
-        for part in torch.split(probs, [len(b) for b in batches]):
-            responses.append(pb_utils.InferenceResponse(output_tensors=[from_torch(mask.PROBS, part)]))
+        for request, part in zip(requests, torch.split(probs, [len(b) for b in batches]), strict=True):
+            wanted = set(request.requested_output_names()) or {mask.PROBS}
+            class_id = pb_utils.get_input_tensor_by_name(request, mask.CLASS_ID)
+            if models.CLASS_PROBS in wanted and class_id is None:
+                error = pb_utils.TritonError(f"{models.CLASS_PROBS} needs the {mask.CLASS_ID} input")
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            outputs = [from_torch(mask.PROBS, part)] if mask.PROBS in wanted else []
+            if models.CLASS_PROBS in wanted:
+                index = to_torch(class_id).to(self.device, torch.int64)[:, :, None, None]
+                class_probs = part.gather(1, index.expand(-1, 1, *part.shape[2:]))
+                outputs.append(from_torch(models.CLASS_PROBS, class_probs))
+            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
         return responses

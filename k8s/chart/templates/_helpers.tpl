@@ -98,10 +98,25 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 TRITON_ACCESS_KEY
 {{- end }}
 
+{{/* Where the server.access.tls Secret (tls.crt, tls.key, ca.crt) is mounted. */}}
+{{- define "segment-video.tlsDir" -}}
+/etc/segment-video/tls
+{{- end }}
+
+{{/* Triton's restricted protocol groups but health (repo/access.py: health stays open for the probes). */}}
+{{- define "segment-video.restrictedProtocols" -}}
+metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging
+{{- end }}
+
 {{/* tritonserver's arguments, one per line (a YAML list). */}}
 {{- define "segment-video.serverArgs" -}}
 - --model-repository=/models
+{{- if .Values.server.access.modelControl }}
+- --model-control-mode=explicit
+- --load-model=*
+{{- else }}
 - --model-control-mode=none
+{{- end }}
 - --exit-timeout-secs={{ .Values.server.exitTimeoutSeconds }}
 - --http-port={{ .Values.ports.http }}
 - --grpc-port={{ .Values.ports.grpc }}
@@ -116,13 +131,23 @@ TRITON_ACCESS_KEY
 {{- if .Values.server.logVerbose }}
 - --log-verbose={{ .Values.server.logVerbose }}
 {{- end }}
-{{- if .Values.access.enabled }}
-{{- $key := printf "%s=$(%s)" .Values.access.header (include "segment-video.accessKeyEnv" .) }}
-{{- if .Values.access.grpcProtocols }}
-- --grpc-restricted-protocol={{ join "," .Values.access.grpcProtocols }}:{{ $key }}
+{{- $access := .Values.server.access }}
+{{- with $access.restrictedKey.secretName }}
+{{- $key := printf "%s=$(%s)" $access.restrictedKey.header (include "segment-video.accessKeyEnv" $) }}
+- --grpc-restricted-protocol={{ include "segment-video.restrictedProtocols" $ }}:{{ $key }}
+- --http-restricted-api={{ include "segment-video.restrictedProtocols" $ }}:{{ $key }}
 {{- end }}
-{{- if .Values.access.httpApis }}
-- --http-restricted-api={{ join "," .Values.access.httpApis }}:{{ $key }}
+{{- if $access.tls.secretName }}
+{{- $dir := include "segment-video.tlsDir" . }}
+{{- if $access.tls.mutual }}
+- --grpc-use-ssl-mutual=true
+{{- else }}
+- --grpc-use-ssl=true
+{{- end }}
+- --grpc-server-cert={{ $dir }}/tls.crt
+- --grpc-server-key={{ $dir }}/tls.key
+{{- if $access.tls.mutual }}
+- --grpc-root-cert={{ $dir }}/ca.crt
 {{- end }}
 {{- end }}
 {{- range .Values.server.extraArgs }}
