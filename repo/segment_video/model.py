@@ -40,6 +40,11 @@ def infer(model: str, inputs: list, outputs: list[str]) -> "pb_utils.InferenceRe
     return response
 
 
+def _drain(responses) -> None:
+    for _ in responses:
+        pass
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
@@ -193,11 +198,10 @@ class TritonPythonModel:
             message = f"[{request.request_id()}] {e}"
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
             self.metrics.video(outcome)
-            # Read the decoder's stream to its end: one left open keeps this process from stopping with the server.
-            # (Only while it is open: iterating an ended stream again waits forever.)
             if decoding:
-                for _ in responses:
-                    pass
+                # Read the decoder's stream to its end: one left open keeps this process from stopping with the
+                # server. On a thread of its own: the stream of a cancelled request may never end.
+                threading.Thread(target=_drain, args=(responses,), daemon=True).start()
             return
         credits.close()
         sender.send(flags=FINAL)
