@@ -9,6 +9,7 @@ What only a GPU cluster can check: the image build (k8s/Dockerfile FROM the NGC 
 the Python target's repository), GPU scheduling and the CUDA memory pool.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -429,15 +431,7 @@ def test_the_charts_access_flags_work_with_this_machines_tritonserver(tmp_path):
     repository.mkdir()
     command, ports = local_command(container, repository, tmp_path)
     http = f"http://127.0.0.1:{ports['http']}"
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while http_status(http + container["startupProbe"]["httpGet"]["path"]) != 200:
-            assert proc.poll() is None, f"tritonserver exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, f"not ready after 60 s:\n{log_path.read_text()[-4000:]}"
-            time.sleep(0.3)
+    with running(command, http + container["startupProbe"]["httpGet"]["path"], tmp_path / "server.log", 60):
         assert http_status(http + container["livenessProbe"]["httpGet"]["path"]) == 200
         with pytest.raises(urllib.error.HTTPError, match="403"):  # server metadata over HTTP: the key is missing
             urllib.request.urlopen(http + "/v2", timeout=5)
@@ -461,14 +455,6 @@ def test_the_charts_access_flags_work_with_this_machines_tritonserver(tmp_path):
             with pytest.raises(InferenceServerException):
                 client.is_server_ready(client_timeout=5)
             client.close()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def test_the_dashboard_shows_the_projects_and_tritons_metrics():
@@ -515,6 +501,29 @@ def http_status(url: str) -> int | None:
             return response.status
     except OSError:
         return None
+
+
+@contextlib.contextmanager
+def running(command: list[str], ready_url: str, log_path: Path, timeout: float) -> Iterator[subprocess.Popen]:
+    """A rendered tritonserver command, started and waited for until `ready_url` answers 200; stopped at the end
+    (SIGINT, then SIGKILL to its process group) if the test has not stopped it."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while http_status(ready_url) != 200:
+            assert proc.poll() is None, f"tritonserver exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"not ready after {timeout:.0f} s:\n{log_path.read_text()[-4000:]}"
+            time.sleep(0.3)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def local_command(container: dict, repository: Path, workdir: Path) -> tuple[list[str], dict[str, int]]:
@@ -566,15 +575,8 @@ def test_what_the_chart_runs_is_what_works(tmp_path):
     http = f"http://127.0.0.1:{ports['http']}"
 
     log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        # The startup probe's budget is minutes on a GPU; here the small CPU repository is ready well within 150 s.
-        deadline = time.monotonic() + 150
-        while http_status(http + probes["startup"]["path"]) != 200:
-            assert proc.poll() is None, f"tritonserver exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, f"not ready after 150 s:\n{log_path.read_text()[-4000:]}"
-            time.sleep(0.5)
+    # The startup probe's budget is minutes on a GPU; here the small CPU repository is ready well within 150 s.
+    with running(command, http + probes["startup"]["path"], log_path, 150) as proc:
         assert http_status(http + probes["liveness"]["path"]) == 200
         assert http_status(http + probes["readiness"]["path"]) == 200
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports['grpc']}")
@@ -591,7 +593,3 @@ def test_what_the_chart_runs_is_what_works(tmp_path):
         stopped_in = time.monotonic() - started
         assert proc.returncode == 0, f"exit code {proc.returncode}:\n{log_path.read_text()[-4000:]}"
         assert stopped_in < exit_timeout
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
