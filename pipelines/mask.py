@@ -1,20 +1,23 @@
 """Keep the pixels of one class: the post-processing of the chain.
 
-Steps, per frame (one sample of the `masker` model's batch):
-1. `PROBS` (21, h, w): take the channel of `CLASS_ID`.
-2. Threshold: a pixel is kept exactly when its probability is above `THRESHOLD`; `MASK` is that, (h, w) uint8 0/1.
-3. Resize the mask to the frame's size with nearest-neighbour sampling (the same as thresholding the resized
-   probabilities, for a fraction of the bytes).
-4. `SEGMENTED`: the frame `FRAMES` (H, W, 3) uint8 times the mask; other pixels are 0.
-Without frames (`with_frames=False`) the graph stops at 2: the mask alone, for clients that want no pixels back.
+Steps, per chunk (one sample of a masker model's batch: F frames of one video):
+1. `CLASS_PROBS` (F, 1, h, w): the class's probability per pixel, from the segmenter. A pixel is kept exactly when
+   it is above `THRESHOLD`; `MASK` is that, (F, h, w) uint8 0/1, at the model's size.
+2. The mask resized to `FRAME_SIZE` (H, W) with nearest-neighbour sampling (the same as thresholding the resized
+   probabilities, for a fraction of the bytes). The size comes as an input, not from the frames' shape: the
+   executor of Triton's DALI backend runs no CPU operator on GPU data.
+3. The frames `FRAMES` (F, H, W, 3) uint8 times the mask; other pixels are 0 (black).
+4. `SEGMENTED`: that, in NV12 (F, 3 H'/2, W'): half the bytes of RGB, what a video encoder takes. Odd sizes get a
+   black row or column (H', W' even); BT.601 limited range, as FFmpeg converts RGB by default.
+Without frames (`with_frames=False`) the graph stops at 1: the mask alone, for clients that want no pixels back.
 """
 
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, types
 
 FRAMES = "FRAMES"
-PROBS = "PROBS"
-CLASS_ID = "CLASS_ID"
+CLASS_PROBS = "CLASS_PROBS"
 THRESHOLD = "THRESHOLD"
+FRAME_SIZE = "FRAME_SIZE"
 SEGMENTED = "SEGMENTED"
 MASK = "MASK"
 
@@ -33,18 +36,21 @@ def class_index(name: str) -> int:
 
 
 def mask(device: str = "cpu", with_frames: bool = True):
-    probs = fn.external_source(name=PROBS, layout="CHW", device=device)
-    class_id = fn.external_source(name=CLASS_ID, dtype=types.INT32)
-    threshold = fn.external_source(name=THRESHOLD, dtype=types.FLOAT, device=device)
-    keep = fn.cast(fn.cast(probs[class_id[0]], dtype=types.FLOAT) > threshold, dtype=types.UINT8)
-    class_mask = fn.reshape(keep, layout="HW", name=MASK)
+    probs = fn.external_source(name=CLASS_PROBS, layout="FCHW", device=device, ndim=4)
+    threshold = fn.external_source(name=THRESHOLD, dtype=types.FLOAT, device=device, ndim=1)
+    keep = fn.cast(fn.cast(probs, dtype=types.FLOAT) > threshold, dtype=types.UINT8)
+    class_mask = fn.squeeze(keep, axes=[1], name=MASK)
     if not with_frames:
         return class_mask
-    frames = fn.external_source(name=FRAMES, layout="HWC", dtype=types.UINT8, device=device)
-    size = frames.shape(dtype=types.FLOAT)[0:2]
-    keep = fn.resize(fn.expand_dims(keep, axes=[2], new_axis_names="C"), size=size, interp_type=types.INTERP_NN)
-    return fn.cast(frames * keep, dtype=types.UINT8, name=SEGMENTED), class_mask
-
-
-# `prefetch_queue_depth=1`: the server runs the pipeline once per response and must not run ahead of its input.
-mask_pipeline = pipeline_def(mask, prefetch_queue_depth=1)
+    frames = fn.external_source(name=FRAMES, layout="FHWC", dtype=types.UINT8, device=device, ndim=4)
+    size = fn.external_source(name=FRAME_SIZE, dtype=types.INT32, ndim=1)
+    keep = fn.reshape(keep, src_dims=[0, 2, 3, 1], layout="FHWC")  # (F, h, w, 1): C is 1, nothing moves
+    keep = fn.resize(keep, size=fn.cast(size, dtype=types.FLOAT), interp_type=types.INTERP_NN, antialias=False)
+    half = (size + 1) // 2  # NV12's chroma size; each frame padded to twice that (pad's default: the batch's largest)
+    kept = fn.pad(fn.cast(frames * keep, dtype=types.UINT8), axes=(1, 2), shape=half * 2)
+    ycbcr = fn.color_space_conversion(kept, image_type=types.RGB, output_type=types.YCbCr)
+    # Halved without antialiasing: each output pixel falls between four input pixels, linear sampling averages them.
+    chroma = fn.resize(ycbcr[:, :, :, 1:3], size=fn.cast(half, dtype=types.FLOAT), antialias=False)
+    # Cb and Cr interleaved: (F, H'/2, W'/2, 2) read as (F, H'/2, W'), NV12's second plane under the first.
+    nv12 = fn.cat(ycbcr[:, :, :, 0], fn.reshape(chroma, rel_shape=[1, 1, 2]), axis=1, name=SEGMENTED)
+    return nv12, class_mask

@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from export import WEIGHTS_FILE
 from repo import models
@@ -58,6 +59,16 @@ def dali_py(settings: models.Settings, name: str) -> str:
     )
 
 
+def config_text(config: mc.ModelConfig) -> str:
+    """The config as Triton reads it, with `max_batch_size` always written: protobuf's text writer leaves out a field
+    at its default (0), and the native DALI backend reads the field from this text, taking a missing one for a
+    batched model."""
+    rest = mc.ModelConfig()
+    rest.CopyFrom(config)
+    rest.ClearField("max_batch_size")
+    return f"max_batch_size: {config.max_batch_size}\n" + text_format.MessageToString(rest)
+
+
 def build(settings: models.Settings, out: Path, weights: Path | None = None) -> Path:
     """Write the repository into `out` (replacing what is there) and return it."""
     if settings.random_weights_seed is None:
@@ -72,7 +83,9 @@ def build(settings: models.Settings, out: Path, weights: Path | None = None) -> 
     for name, config in models.configs(settings).items():
         version = out / name / "1"
         version.mkdir(parents=True)
-        (out / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+        (out / name / "config.pbtxt").write_text(config_text(config))
+        if config.platform == "ensemble":
+            continue
         if config.backend == "dali":
             (version / "dali.py").write_text(dali_py(settings, name))
             shutil.copytree(PROJECT / "pipelines", version / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
@@ -85,25 +98,25 @@ def build(settings: models.Settings, out: Path, weights: Path | None = None) -> 
     return out
 
 
-def settings_parser() -> argparse.ArgumentParser:
-    """The options that choose `Settings`, shared by this command and the CLI's local server."""
+def settings_parser(device: str = "cpu") -> argparse.ArgumentParser:
+    """The options that choose `Settings`, shared by this command and the CLI's local server. Options left out take
+    the device's tuned values (`models.tuned`), then `Settings`' defaults."""
     parser = argparse.ArgumentParser(add_help=False)
     defaults = models.Settings()
     g = parser.add_argument_group("model repository")
     g.add_argument("--target", choices=["python", "dali"], default=defaults.target)
-    g.add_argument("--device", choices=["cpu", "gpu"], default=defaults.device)
-    g.add_argument("--frames-per-chunk", type=int, default=defaults.frames_per_chunk)
-    g.add_argument("--chunks-per-response", type=int, default=defaults.chunks_per_response)
+    g.add_argument("--device", choices=["cpu", "gpu", "auto"], default=device, help="auto: gpu where CUDA runs")
+    g.add_argument("--frames-per-chunk", type=int)
     g.add_argument("--model-size", type=int, nargs=2, metavar=("H", "W"), default=defaults.model_size)
-    g.add_argument("--half", action="store_true", help="float16 model input and segmenter (GPU)")
-    g.add_argument("--channels-last", action="store_true", help="the segmenter in channels_last memory format (GPU)")
-    g.add_argument("--max-batch", type=int, default=defaults.max_batch)
+    g.add_argument("--half", action=argparse.BooleanOptionalAction, help="float16 model input and segmenter (GPU)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="the segmenter's memory format")
+    g.add_argument("--max-batch", type=int, help="frames per batch of the segmenter and the maskers")
     g.add_argument("--gpus", type=int, nargs="+", default=defaults.gpus)
-    g.add_argument("--decoder-instances", type=int, default=defaults.decoder_instances)
-    g.add_argument("--entry-instances", type=int, default=defaults.entry_instances)
-    g.add_argument("--segmenter-instances", type=int, default=defaults.segmenter_instances)
-    g.add_argument("--masker-instances", type=int, default=defaults.masker_instances)
-    g.add_argument("--chunks-in-flight", type=int, default=defaults.chunks_in_flight)
+    g.add_argument("--decoder-instances", type=int, help="videos decoded at once, per GPU")
+    g.add_argument("--check-instances", type=int)
+    g.add_argument("--segmenter-instances", type=int)
+    g.add_argument("--masker-instances", type=int)
+    g.add_argument("--cuda-pool-bytes", type=int, help="Triton's CUDA memory pool, per GPU")
     g.add_argument(
         "--random-weights",
         dest="random_weights_seed",
@@ -121,10 +134,15 @@ def settings_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> models.Settings:
-    values = {f.name: getattr(args, f.name) for f in fields(models.Settings) if hasattr(args, f.name)}
-    values["model_size"] = tuple(values["model_size"])
-    values["gpus"] = tuple(values["gpus"])
-    values["max_frame_size"] = tuple(values["max_frame_size"])
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+    given = {f.name: getattr(args, f.name) for f in fields(models.Settings) if getattr(args, f.name, None) is not None}
+    values = {**models.tuned(device), **given, "device": device}
+    for name in ("model_size", "gpus", "max_frame_size"):
+        values[name] = tuple(values[name])
     return models.Settings(**values)
 
 

@@ -2,7 +2,8 @@
 
 Used by the CLI's local server and by the tests. The binary: `tritonserver` from the `nvidia-pytriton` wheel (its
 Python backend included), or `tritonserver` on PATH (the NGC images). On a failed start the error carries the
-server's log.
+server's log. A server never outlives what started it: a clean stop, an exception, Ctrl-C or SIGTERM stop it in
+order; a starter killed outright leaves it to `repo.reaper`, which stops the server's whole process group.
 
     python -m repo.serve build/repo        # serve until Ctrl-C
     SEGMENT_KEY=... python -m repo.serve build/repo --key-from-env segment-key=SEGMENT_KEY \\
@@ -79,11 +80,12 @@ def tree_memory_mib(pid: int) -> dict[str, float]:
 class TritonServer:
     """`with TritonServer(repo) as server:` ... `server.url` (gRPC), `server.http_url`."""
 
-    def __init__(self, repository: Path, *, args: list[str] = (), ready_timeout: float = 180.0) -> None:
+    def __init__(self, repository: Path, *, args: list[str] = (), ready_timeout: float = 300.0) -> None:
         self.repository = Path(repository).resolve()
         self.extra_args = list(args)
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
+        self._reaper_pipe: int | None = None
         self.ports = {"http": _free_port(), "grpc": _free_port(), "metrics": _free_port()}
         self._workdir = Path(tempfile.mkdtemp(prefix="tritonserver-"))
         self.log_path = self._workdir / "server.log"
@@ -122,15 +124,27 @@ class TritonServer:
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
+        read, self._reaper_pipe = os.pipe()
+        subprocess.Popen(
+            [sys.executable, "-m", "repo.reaper", str(self.proc.pid), "10"],
+            stdin=read, start_new_session=True, cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        os.close(read)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerError(f"tritonserver exited with {self.proc.returncode} while starting\n{self.log()}")
+                self.stop()
+                code = self.proc.returncode
+                raise ServerError(
+                    f"tritonserver exited with {code} while starting (log: {self.log_path})\n{self.log()}"
+                )
             if self.ready():
                 return self
             time.sleep(0.5)
         self.stop()
-        raise ServerError(f"tritonserver was not ready after {self.ready_timeout:.0f} s\n{self.log()}")
+        raise ServerError(
+            f"tritonserver was not ready after {self.ready_timeout:.0f} s (log: {self.log_path})\n{self.log()}"
+        )
 
     def ready(self) -> bool:
         try:
@@ -144,13 +158,23 @@ class TritonServer:
         return "---- server log (last lines) ----\n" + "\n".join(lines[-tail:])
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                pass
+        try:  # what is left of the group: a stub that did not stop with the server
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        if self._reaper_pipe is not None:
+            os.write(self._reaper_pipe, b"stopped")
+            os.close(self._reaper_pipe)
+            self._reaper_pipe = None
 
     def __enter__(self) -> "TritonServer":
         return self.start()
@@ -164,6 +188,10 @@ def _key_from_env(text: str) -> tuple[str, str]:
     if not sep or variable not in os.environ:
         raise SystemExit(f"--key-from-env wants NAME=ENVVAR with ENVVAR set, got {text!r}")
     return name, os.environ[variable]
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -189,6 +217,9 @@ def main() -> None:
         except ValueError as e:
             parser.error(str(e))
         extra = access_args(a) + extra
+    # SIGTERM (systemd, Docker, `kill`; and as a script's background job, whose SIGINT is ignored, the only way to
+    # stop it) stops the server as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     with TritonServer(args.repository, args=extra) as server:
         print(f"ready: gRPC {server.url}, HTTP {server.http_url}, log {server.log_path}", flush=True)
         try:

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 
 @dataclass(frozen=True)
 class Tls:
@@ -42,6 +44,16 @@ class Tls:
             root_certificates=text(self.root_certificates),
             private_key=text(self.private_key),
             certificate_chain=text(self.certificate_chain),
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The same, for a gRPC channel of one's own (the client's stream)."""
+
+        def read(path: Path | None) -> bytes | None:
+            return None if path is None else Path(path).read_bytes()
+
+        return grpc.ssl_channel_credentials(
+            read(self.root_certificates), read(self.private_key), read(self.certificate_chain)
         )
 
 

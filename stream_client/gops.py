@@ -43,9 +43,12 @@ class Segment:
     start_pts: float  # presentation time (s) of its first frame in the source
 
 
-def plan(path: Path, *, max_seconds: float | None = 10.0, max_bytes: int | None = None) -> list[SegmentPlan]:
-    """Plan the segments: each ends at the first safe keyframe at or past either limit (None: no limit; 0: cut at
-    every safe keyframe).
+def plan(
+    path: Path, *, max_seconds: float | None = 10.0, max_bytes: int | None = None, max_frames: int | None = None
+) -> list[SegmentPlan]:
+    """Plan the segments: each ends at the first safe keyframe at or past `max_seconds` or `max_bytes` (None: no
+    limit; 0: cut at every safe keyframe), and at the last safe keyframe that keeps it within `max_frames` (a
+    server's limit; longer only where the safe keyframes are further apart).
 
     Only demuxes; reads the bytes of keyframe packets of H.264 and HEVC to check their NAL units."""
     with av.open(str(path)) as container:
@@ -73,10 +76,19 @@ def plan(path: Path, *, max_seconds: float | None = 10.0, max_bytes: int | None 
     for size in sizes:
         offsets.append(offsets[-1] + size)
     starts = [0]
-    for cut in _safe_cuts(times, candidates) if timed else []:
+    cuts = _safe_cuts(times, candidates) if timed else []
+    for i, cut in enumerate(cuts):
         seconds = float((times[cut] - times[starts[-1]]) * time_base)
         size = offsets[cut] - offsets[starts[-1]]
-        if (max_seconds is not None and seconds >= max_seconds) or (max_bytes is not None and size >= max_bytes):
+        # Cut here when the next chance to cut (or the end) would come too late for `max_frames`.
+        next_too_far = (
+            max_frames is not None and (cuts[i + 1] if i + 1 < len(cuts) else count) - starts[-1] > max_frames
+        )
+        if (
+            (max_seconds is not None and seconds >= max_seconds)
+            or (max_bytes is not None and size >= max_bytes)
+            or next_too_far
+        ):
             starts.append(cut)
     plans = []
     first_frame = 0

@@ -1,12 +1,22 @@
-"""The output of a run, written while it runs: an HLS playlist of MPEG-TS segments, then one MP4.
+"""The output of a run, written while it runs: HLS playlists of MPEG-TS segments, then one MP4 per video written.
 
-Each input segment becomes `segment_NNNNN.ts` (H.264, the source's timestamps, the source's audio of that time span
-copied unchanged); `playlist.m3u8` lists the finished segments in order as soon as all before them are done, so a
-player (ffplay, VLC, Safari, hls.js) can open it mid-run. At the end the segments are remuxed into one MP4.
+Each input segment becomes `segment_NNNNN.ts` (the segmented frames, H.264, the source's timestamps, the source's
+audio of that time span copied unchanged) and, when the mask is asked for, `matte_NNNNN.ts` (the class mask as a
+grayscale video at the model's size, shown at the source's aspect ratio). `playlist.m3u8` (and `matte.m3u8`) list
+the finished segments in order as soon as all before them are done, so a player (ffplay, VLC, Safari, hls.js) can
+open them mid-run. At the end the segments are remuxed into one MP4 each.
+
+Every segment is encoded on a thread of its own (`VideoWriter`): the encoders of the segments in flight run in
+parallel, on as many cores as the window allows. One thread per encoder keeps its bytes the same for the same frames,
+so that a resumed run equals an uninterrupted one.
 """
 
 import math
 import os
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,68 +24,133 @@ import av
 import numpy as np
 
 PLAYLIST = "playlist.m3u8"
+MATTE_PLAYLIST = "matte.m3u8"
 TS_AUDIO = {"aac", "mp3", "ac3", "eac3", "mp2"}  # audio codecs MPEG-TS carries
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
-def segment_name(index: int) -> str:
-    return f"segment_{index:05d}.ts"
+@dataclass(frozen=True)
+class Encoding:
+    """How the output is encoded: x264's preset (speed against size) and constant rate factor (quality)."""
+
+    preset: str = "superfast"
+    crf: int = 18
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"the x264 preset must be one of {', '.join(PRESETS)}, not {self.preset!r}")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"the crf must be in [0, 51], not {self.crf}")
 
 
-class SegmentWriter:
-    """Encodes one segment's frames with their source timestamps and copies the source audio of its time span."""
+def segment_name(index: int, kind: str = "segment") -> str:
+    return f"{kind}_{index:05d}.ts"
 
-    def __init__(self, path: Path, source: Path, size: tuple[int, int], time_base: Fraction, rate: Fraction | None):
-        self.path, self.source, self.time_base = path, source, time_base
-        self.height, self.width = size
+
+def matte_path(out: Path) -> Path:
+    """Where the matte video of a run goes: beside its segmented video."""
+    return out.with_name(f"{out.stem}_matte{out.suffix}")
+
+
+class VideoWriter:
+    """Encodes one segment's frames into MPEG-TS with their source timestamps, on a thread of its own.
+
+    `write(frame, pts)` queues a frame: NV12 (3 H/2, W) uint8, or with `matte` a mask (H, W) of 0/1; `close(...)`
+    returns a future of the segment's duration, done once the file is complete (with the source's audio of its span,
+    if `audio_from` is given). A matte is shown at `display_aspect` (the source's width / height)."""
+
+    def __init__(
+        self,
+        path: Path,
+        size: tuple[int, int],
+        time_base: Fraction,
+        rate: Fraction | None,
+        encoding: Encoding,
+        *,
+        audio_from: Path | None = None,
+        matte: bool = False,
+        display_aspect: Fraction | None = None,
+    ) -> None:
+        self.path, self.time_base, self.matte = path, time_base, matte
         self._partial = path.with_name(path.name + ".partial")
         self.container = av.open(str(self._partial), "w", format="mpegts")
         self.video = self.container.add_stream("libx264", rate=Fraction(rate or 30))
-        self.video.height, self.video.width = self.height + self.height % 2, self.width + self.width % 2
+        self.video.height, self.video.width = size
         self.video.pix_fmt = "yuv420p"
         self.video.codec_context.time_base = time_base
-        # One thread: the same frames always give the same bytes, so a resumed run equals an uninterrupted one.
-        # No B-frames: decode order is display order, so the segments' timestamps join up in the final MP4.
-        self.video.codec_context.options = {"crf": "18", "preset": "veryfast", "threads": "1", "bf": "0"}
-        self.audio_in, self.audio = self._audio_stream()
-        self.count = 0
+        if display_aspect is not None:  # the matte: few pixels, shown at the source's shape
+            self.video.codec_context.sample_aspect_ratio = display_aspect * Fraction(size[0], size[1])
+        # One thread: the same frames always give the same bytes. No B-frames: decode order is display order, so the
+        # segments' timestamps join up in the final MP4.
+        options = {"crf": str(encoding.crf), "preset": encoding.preset, "threads": "1", "bf": "0"}
+        self.video.codec_context.options = options
+        self.audio_in, self.audio = self._audio_stream(audio_from)
+        self.source = audio_from
+        self.count = 0  # frames written so far (queued)
         self.first_pts: int | None = None
         self.last_pts: int | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._done: Future = Future()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"encode {path.name}")
+        self._thread.start()
 
-    def _audio_stream(self):
-        with av.open(str(self.source)) as source:
-            if not source.streams.audio:
+    def _audio_stream(self, source: Path | None):
+        if source is None:
+            return None, None
+        with av.open(str(source)) as opened:
+            if not opened.streams.audio:
                 return None, None
-            audio = source.streams.audio[0]
+            audio = opened.streams.audio[0]
             if audio.codec_context.name not in TS_AUDIO:
                 return None, None  # MPEG-TS cannot carry it (the README says which codecs are kept)
             return audio.index, self.container.add_stream_from_template(audio)
 
     def write(self, frame: np.ndarray, pts: int) -> None:
-        h, w = frame.shape[:2]
-        if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row / column
-            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        video_frame.pts, video_frame.time_base = pts, self.time_base
-        self.container.mux(self.video.encode(video_frame))
         self.first_pts = pts if self.first_pts is None else self.first_pts
         self.last_pts = pts
         self.count += 1
+        self._queue.put(("frame", frame, pts))
 
-    def close(self, audio_from: float | None, audio_until: float | None, frame_duration: float) -> float:
-        """Finish the file, with the source's audio in [audio_from, audio_until) s (None: open); its duration (s)."""
-        self.container.mux(self.video.encode())
-        if self.audio is not None:
-            self._copy_audio(audio_from, audio_until)
-        self.container.close()
-        os.replace(self._partial, self.path)
-        if self.first_pts is None:
-            return 0.0
-        return float((self.last_pts - self.first_pts) * self.time_base) + frame_duration
+    def close(self, audio_from: float | None, audio_until: float | None, frame_duration: float) -> Future:
+        """Finish the file, with the source's audio in [audio_from, audio_until) s (None: open); a future of its
+        duration (s)."""
+        duration = 0.0
+        if self.first_pts is not None:
+            duration = float((self.last_pts - self.first_pts) * self.time_base) + frame_duration
+        self._queue.put(("close", audio_from, audio_until, duration))
+        return self._done
 
     def abandon(self) -> None:
         """Drop what was written (the segment will be sent again)."""
-        self.container.close()
-        self._partial.unlink(missing_ok=True)
+        self._queue.put(("abandon",))
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item[0] == "abandon":
+                    self.container.close()
+                    self._partial.unlink(missing_ok=True)
+                    return
+                if item[0] == "close":
+                    _, start, until, duration = item
+                    self.container.mux(self.video.encode())
+                    if self.audio is not None:
+                        self._copy_audio(start, until)
+                    self.container.close()
+                    os.replace(self._partial, self.path)
+                    self._done.set_result(duration)
+                    return
+                _, frame, pts = item
+                if self.matte:
+                    picture = av.VideoFrame.from_ndarray(frame * np.uint8(255), format="gray")
+                else:
+                    picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="nv12")
+                picture.pts, picture.time_base = pts, self.time_base
+                self.container.mux(self.video.encode(picture))
+        except Exception as e:  # noqa: BLE001 - reaches the run through the future
+            self._done.set_exception(e)
 
     def _copy_audio(self, start: float | None, until: float | None) -> None:
         with av.open(str(self.source)) as source:
@@ -94,28 +169,29 @@ class SegmentWriter:
                 self.container.mux(packet)
 
 
-def write_playlist(folder: Path, durations: list[float], finished: bool) -> None:
+def write_playlist(folder: Path, durations: list[float], finished: bool, name: str = PLAYLIST,
+                   kind: str = "segment") -> None:  # fmt: skip
     """The playlist of the segments done in order so far; EVENT while running, ENDLIST when finished."""
     target = max([math.ceil(d) for d in durations] + [1])
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target}", "#EXT-X-MEDIA-SEQUENCE:0"]
     lines.append("#EXT-X-PLAYLIST-TYPE:" + ("VOD" if finished else "EVENT"))
     for index, duration in enumerate(durations):
-        lines += [f"#EXTINF:{duration:.6f},", segment_name(index)]
+        lines += [f"#EXTINF:{duration:.6f},", segment_name(index, kind)]
     if finished:
         lines.append("#EXT-X-ENDLIST")
-    tmp = folder / (PLAYLIST + ".tmp")
+    tmp = folder / (name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, folder / PLAYLIST)
+    os.replace(tmp, folder / name)
 
 
-def concat(folder: Path, count: int, out: Path) -> None:
+def concat(folder: Path, count: int, out: Path, kind: str = "segment") -> None:
     """Remux segments 0..count-1 into one MP4 (no re-encoding; timestamps are already the source's)."""
     partial = out.with_name(out.name + ".partial")
     with av.open(str(partial), "w", format="mp4") as container:
         streams: dict[str, av.stream.Stream] = {}
         for index in range(count):
             # The format named: FFmpeg's probe does not recognise a segment of a few tiny frames as MPEG-TS.
-            with av.open(str(folder / segment_name(index)), format="mpegts") as segment:
+            with av.open(str(folder / segment_name(index, kind)), format="mpegts") as segment:
                 for stream in segment.streams:
                     if stream.type not in streams:
                         streams[stream.type] = container.add_stream_from_template(stream)

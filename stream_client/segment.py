@@ -3,10 +3,10 @@
 1. Plan: cut the file at safe keyframes into segments that decode on their own (`gops`, no re-encoding).
 2. Send each segment as one request, at most `window` in flight, spread over the servers' streams; a segment
    that a server rejects is retried, and re-encoded first for a server whose decoder cannot read its codec.
-3. As a segment's chunks arrive, put its frames in order and encode them into its own output segment with the
-   source's timestamps and audio; when it is complete, record it in the manifest and extend the playlist (the
-   run can be watched while it goes: `output`).
-4. At the end, remux the segments into one MP4. With `resume`, finished segments are kept and skipped.
+3. As a segment's chunks arrive, hand its frames to its own encoders (the segmented video, the matte), which run in
+   parallel with those of the other segments in flight; when they are done, record the segment in the manifest
+   and extend the playlists (the run can be watched while it goes: `output`).
+4. At the end, remux the segments into one MP4 per video written. With `resume`, finished segments are kept.
 
 Memory stays bounded whatever the length: the client holds the segments in flight and their chunks, the server
 the chunks of the segments in flight.
@@ -18,7 +18,8 @@ import shutil
 import sys
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -27,12 +28,14 @@ from typing import TextIO
 import av
 import numpy as np
 
-from pipelines.probe import probe
-from stream_client import gops, output, videos
+from stream_client import gops, output, protocol, videos
 from stream_client.access import Tls
 from stream_client.manifest import Manifest
+from stream_client.probe import probe
 from stream_client.reorder import Reorderer
-from stream_client.stream import Event, Failed, Finished, SegmentationStream, StreamError
+from stream_client.stream import Chunk, Event, Failed, Finished, SegmentationStream, StreamError
+
+RETURNS = ("segmented", "mask", "both")  # what a run writes: the segmented video, the matte, or both
 
 
 class SegmentError(RuntimeError):
@@ -42,7 +45,8 @@ class SegmentError(RuntimeError):
 @dataclass
 class Summary:
     source: str
-    output: str
+    output: str | None  # the segmented video, when written
+    matte: str | None  # the matte video, when written
     frames: int  # frames of the whole output
     frames_this_run: int  # segmented by this run (less when resumed)
     seconds: float
@@ -58,10 +62,11 @@ class Summary:
         resumed = (
             f" ({self.frames - self.frames_this_run} from a previous run)" if self.frames_this_run < self.frames else ""
         )
+        written = " and ".join(p for p in (self.output, self.matte) if p)
         return (
             f"{self.frames} frames{resumed} in {self.segments} segments; this run: {self.frames_this_run} frames in "
             f"{self.seconds:.1f} s, {self.frames_per_second:.1f} frames/s, first chunk after {first}, "
-            f"{100 * self.kept_pixels:.1f} % of pixels kept{note} -> {self.output}"
+            f"{100 * self.kept_pixels:.1f} % of pixels kept{note} -> {written}"
         )
 
     def as_dict(self) -> dict:
@@ -69,18 +74,23 @@ class Summary:
 
 
 class Progress:
-    """A line per chunk with a bar, frames/s and the time left."""
+    """A line per chunk with a bar, frames/s and the time left; `listeners` get every chunk too (the preview)."""
 
     def __init__(self, total: int, done: int, out: TextIO, width: int = 24) -> None:
         self.total, self.done, self.out, self.width = total, done, out, width
         self.start = time.monotonic()
         self.this_run = 0
+        self.listeners: list[Callable[..., None]] = []
 
-    def chunk(self, segment: int, first: int, count: int) -> None:
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.start
+        return self.this_run / elapsed if elapsed > 0 else 0.0
+
+    def chunk(self, segment: int, first: int, count: int, **details) -> None:
         self.done += count
         self.this_run += count
-        elapsed = time.monotonic() - self.start
-        rate = self.this_run / elapsed if elapsed > 0 else 0.0
+        rate = self.rate
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         filled = self.width * self.done // max(self.total, 1)
         bar = "#" * filled + "." * (self.width - filled)
@@ -90,6 +100,13 @@ class Progress:
             file=self.out,
             flush=True,
         )
+        for listener in self.listeners:
+            listener(segment=segment, first=first, count=count, **details)
+
+    def undo(self, count: int) -> None:
+        """A segment that failed half way: its frames will come again."""
+        self.done -= count
+        self.this_run -= count
 
 
 def source_timestamps(path: Path) -> tuple[Fraction, array]:
@@ -101,16 +118,30 @@ def source_timestamps(path: Path) -> tuple[Fraction, array]:
 
 
 @dataclass
+class Written:
+    """Event: a segment's files are complete (`durations` by kind), or failed to write (`error`)."""
+
+    index: int
+    duration: float | None = None
+    error: BaseException | None = None
+
+
+@dataclass
 class InFlight:
-    """A segment on its way: where it was sent, its frames so far, its output file."""
+    """A segment on its way: where it was sent, its frames so far, its output files."""
 
     segment: gops.Segment
     stream: SegmentationStream
-    writer: output.SegmentWriter
+    writers: dict[str, output.VideoWriter]  # by kind: "segment" (segmented frames), "matte"
     pts: list[int]  # its frames' timestamps in display order
     reorder: Reorderer = field(default_factory=Reorderer)
     originals: Iterator[np.ndarray] | None = None
     attempts: int = 1
+    frames: int = 0
+
+    def abandon(self) -> None:
+        for writer in self.writers.values():
+            writer.abandon()
 
 
 def segment_file(
@@ -120,32 +151,43 @@ def segment_file(
     *,
     class_name: str | None = None,
     threshold: float | None = None,
+    returns: str = "segmented",
     window: int = 2,
     max_seconds: float | None = 10.0,
     max_bytes: int | None = None,
     resume: bool = False,
     retries: int = 1,
+    encoding: output.Encoding | None = None,
     dump_images: Path | None = None,
     progress_out: TextIO | None = None,
     tls: Tls | None = None,
     headers: dict[str, str] | None = None,
+    on_start: Callable[["Progress", list[gops.SegmentPlan], Path], None] | None = None,
 ) -> Summary:
-    """Segment `source` into `out` (MP4) through the servers at `urls`; the parts folder beside it grows meanwhile.
+    """Segment `source` into `out` (MP4; with `returns` "mask" or "both" also its matte, `output.matte_path(out)`)
+    through the servers at `urls`; the parts folder beside it grows meanwhile.
 
     `progress_out`: where the per-chunk lines go (default: standard error). `tls` and `headers` (an access key):
-    for every server's stream, see `stream_client.access`."""
+    for every server's stream, see `stream_client.access`. `on_start(progress, plan, parts)`: called once the run
+    is planned (the preview listens to the progress from there)."""
     source, out = Path(source), Path(out)
+    encoding = encoding or output.Encoding()
+    if returns not in RETURNS:
+        raise SegmentError(f"returns must be one of {', '.join(RETURNS)}, not {returns!r}")
+    kinds = {"segmented": ("segment",), "mask": ("matte",), "both": ("segment", "matte")}[returns]
+    # The mask comes along with the frames (2 % of their bytes): the share of the class's pixels, per chunk.
+    asked = "mask" if returns == "mask" else "both"
     urls = [urls] if isinstance(urls, str) else list(urls)
     progress_out = progress_out or sys.stderr
     try:
         found = probe(source)
     except ValueError as e:
         raise SegmentError(f"{source}: {e}") from None
-    plan = gops.plan(source, max_seconds=max_seconds, max_bytes=max_bytes)
     time_base, packet_pts = source_timestamps(source)
     parts = parts_folder(out)
-    options = {"class": class_name, "threshold": threshold, "max_seconds": max_seconds, "max_bytes": max_bytes}
-    events: queue.Queue[Event] = queue.Queue()
+    options = {"class": class_name, "threshold": threshold, "max_seconds": max_seconds, "max_bytes": max_bytes,
+               "returns": returns, "preset": encoding.preset, "crf": encoding.crf}  # fmt: skip
+    events: queue.Queue[Event | Written] = queue.Queue()
     start = time.monotonic()
 
     with contextlib.ExitStack() as stack:
@@ -155,18 +197,25 @@ def segment_file(
             stack.enter_context(SegmentationStream(url, events=events, tls=tls, headers=headers)) for url in urls
         ]
         infos = {s.url: s.server_info() for s in streams}
+        # No longer than every server takes: a request's frames must fit its share of the server's memory.
+        max_frames = min(i.max_frames(found.height, found.width, frames=returns != "mask") for i in infos.values())
+        plan = gops.plan(source, max_seconds=max_seconds, max_bytes=max_bytes, max_frames=max_frames)
         manifest = _prepare_parts(parts, Manifest.new(source, options, plan), resume)
         if dump_images:
             dump_images.mkdir(parents=True, exist_ok=True)
 
         todo = [p for p in plan if p.index not in manifest.done]
         progress = Progress(found.packets, sum(p.frames for p in plan if p.index in manifest.done), progress_out)
+        if on_start is not None:
+            on_start(progress, plan, parts)
         pending = gops.segments(source, todo)
         in_flight: dict[str, InFlight] = {}
+        writing: dict[int, InFlight] = {}
         reencoded = None
         first_chunk = None
         kept = total = 0
         frame_duration = 1 / float(found.rate or 30)
+        model_size = infos[streams[0].url].model_size
         stack.enter_context(_resumable(manifest, parts))
 
         def send(state: InFlight) -> None:
@@ -182,40 +231,64 @@ def segment_file(
                         file=progress_out,
                     )
                 reencoded = videos.CPU_CODEC
-            state.stream.send(request_id(state), data, class_name=class_name, threshold=threshold)
+            state.stream.send(request_id(state), data, class_name=class_name, threshold=threshold, returns=asked,
+                              size=(found.height, found.width))  # fmt: skip
+
+        def writers(index: int) -> dict[str, output.VideoWriter]:
+            made = {}
+            if "segment" in kinds:
+                made["segment"] = output.VideoWriter(
+                    parts / output.segment_name(index), protocol.padded_size(found.height, found.width), time_base,
+                    found.rate, encoding, audio_from=source,
+                )  # fmt: skip
+            if "matte" in kinds:
+                made["matte"] = output.VideoWriter(
+                    parts / output.segment_name(index, "matte"), model_size, time_base, found.rate, encoding,
+                    matte=True, display_aspect=Fraction(found.width, found.height),
+                )  # fmt: skip
+            return made
 
         def launch(segment: gops.Segment, attempts: int = 1) -> None:
             stream = min(streams, key=lambda s: sum(f.stream is s for f in in_flight.values()))
             part = plan[segment.index]
             pts = sorted(packet_pts[part.first_packet : part.end_packet])
-            size = (found.height, found.width)
-            writer = output.SegmentWriter(
-                parts / output.segment_name(segment.index), source, size, time_base, found.rate
-            )
             originals = videos.frames(segment.data) if dump_images else None
-            state = InFlight(segment, stream, writer, pts, originals=originals, attempts=attempts)
+            state = InFlight(segment, stream, writers(segment.index), pts, originals=originals, attempts=attempts)
             in_flight[request_id(state)] = state
             send(state)
 
         def finish(state: InFlight) -> None:
+            """The segment's chunks are all here: close its encoders (they finish on their own threads)."""
             state.reorder.finish()
             index = state.segment.index
-            if state.writer.count != state.segment.frames:
-                raise SegmentError(f"segment {index}: {state.writer.count} frames came back of {state.segment.frames}")
+            if state.frames != state.segment.frames:
+                raise SegmentError(f"segment {index}: {state.frames} frames came back of {state.segment.frames}")
             # From 0 for the first segment: the muxer would shift the whole file to make a negative pts (an AAC
             # encoder's priming packet) non-negative, and the frames would lose their timestamps.
             audio_from = 0.0 if index == 0 else plan[index].start_pts
             audio_until = plan[index + 1].start_pts if index + 1 < len(plan) else None
-            manifest.done[index] = state.writer.close(audio_from, audio_until, frame_duration)
+            futures = [w.close(audio_from, audio_until, frame_duration) for w in state.writers.values()]
+            writing[index] = state
+            _when_all(futures, lambda duration, error: events.put(Written(index, duration, error)))
+
+        def written(event: Written) -> None:
+            writing.pop(event.index)
+            if event.error is not None:
+                raise SegmentError(f"segment {event.index} could not be written: {event.error}")
+            manifest.done[event.index] = event.duration
             manifest.save(parts)
-            output.write_playlist(parts, manifest.finished_prefix(), finished=False)
+            for kind, name in _playlists(kinds):
+                output.write_playlist(parts, manifest.finished_prefix(), finished=False, name=name, kind=kind)
 
         while True:
             while len(in_flight) < window and (segment := next(pending, None)) is not None:
                 launch(segment)
-            if not in_flight:
+            if not in_flight and not writing:
                 break
-            event = streams[0].next_event()  # all streams share one queue
+            event = _next(streams[0], events, idle=not in_flight)
+            if isinstance(event, Written):
+                written(event)
+                continue
             if isinstance(event, Failed):
                 if event.video is None or event.video not in in_flight:
                     raise StreamError(f"the stream failed: {event.message}")
@@ -226,9 +299,8 @@ def segment_file(
                         f"({len(manifest.done)} of {len(plan)} segments are done in {parts})"
                     )
                 print(f"segment {state.segment.index} failed ({event.message}): trying again", file=progress_out)
-                progress.done -= state.writer.count
-                progress.this_run -= state.writer.count
-                state.writer.abandon()
+                progress.undo(state.frames)
+                state.abandon()
                 launch(state.segment, state.attempts + 1)
                 continue
             state = in_flight[event.video]
@@ -236,24 +308,71 @@ def segment_file(
                 finish(in_flight.pop(event.video))
                 continue
             first_chunk = first_chunk if first_chunk is not None else time.monotonic() - start
-            kept += int(event.frames.any(axis=-1).sum())
-            total += event.frames.shape[0] * event.frames.shape[1] * event.frames.shape[2]
-            for frame in state.reorder.push(event.first, event.frames):
-                k = state.writer.count
-                if state.originals is not None:
-                    n = state.segment.first_frame + k
-                    videos.save_image(dump_images / f"original_{n:06d}.png", next(state.originals))
-                    videos.save_image(dump_images / f"segmented_{n:06d}.png", frame)
-                state.writer.write(frame, state.pts[k])
-            progress.chunk(state.segment.index, state.segment.first_frame + event.first, len(event.frames))
+            share = float(event.mask.mean())
+            kept += share * len(event)
+            total += len(event)
+            _write(state, event, dump_images)
+            progress.chunk(state.segment.index, state.segment.first_frame + event.first, len(event), kept=share,
+                           pts=state.pts[event.first], time_base=time_base, server=state.stream.url)  # fmt: skip
     seconds = time.monotonic() - start
-    output.write_playlist(parts, manifest.finished_prefix(), finished=True)
-    output.concat(parts, len(plan), out)
+    for kind, name in _playlists(kinds):
+        output.write_playlist(parts, manifest.finished_prefix(), finished=True, name=name, kind=kind)
+        output.concat(parts, len(plan), out if kind == "segment" else output.matte_path(out), kind)
     done = progress.this_run
     return Summary(
-        str(source), str(out), progress.done, done, seconds, done / seconds if seconds > 0 else 0.0, first_chunk,
-        kept / max(total, 1), len(plan), reencoded,
+        str(source), str(out) if "segment" in kinds else None,
+        str(output.matte_path(out)) if "matte" in kinds else None, progress.done, done, seconds,
+        done / seconds if seconds > 0 else 0.0, first_chunk, kept / max(total, 1), len(plan), reencoded,
     )  # fmt: skip
+
+
+def _write(state: InFlight, chunk: Chunk, dump_images: Path | None) -> None:
+    """A chunk's frames, in order, to the segment's encoders (and as images)."""
+    for frame in state.reorder.push(chunk.first, _frames(chunk)):
+        segmented, mask = frame
+        k = state.frames
+        if "segment" in state.writers:
+            state.writers["segment"].write(segmented, state.pts[k])
+        if "matte" in state.writers:
+            state.writers["matte"].write(mask, state.pts[k])
+        if state.originals is not None:
+            n = state.segment.first_frame + k
+            videos.save_image(dump_images / f"original_{n:06d}.png", next(state.originals))
+            if segmented is not None:
+                height, width = chunk.size
+                videos.save_image(dump_images / f"segmented_{n:06d}.png", videos.nv12_to_rgb(segmented, height, width))
+        state.frames += 1
+
+
+def _frames(chunk: Chunk) -> list[tuple[np.ndarray | None, np.ndarray]]:
+    segmented = chunk.segmented if chunk.segmented is not None else [None] * len(chunk)
+    return list(zip(segmented, chunk.mask, strict=True))
+
+
+def _next(stream: SegmentationStream, events: queue.Queue, idle: bool) -> Event | Written:
+    """The next event; when nothing is in flight, only the encoders are awaited (no server idle time applies)."""
+    if idle:
+        return events.get()
+    return stream.next_event()  # all streams share one queue
+
+
+def _when_all(futures: list[Future], then: Callable[[float | None, BaseException | None], None]) -> None:
+    """Call `then(duration, error)` once every future is done (the duration of the first)."""
+    left = [len(futures)]
+
+    def done(_: Future) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            then(None if errors else futures[0].result(), errors[0] if errors else None)
+
+    for future in futures:
+        future.add_done_callback(done)
+
+
+def _playlists(kinds: tuple[str, ...]) -> list[tuple[str, str]]:
+    names = {"segment": output.PLAYLIST, "matte": output.MATTE_PLAYLIST}
+    return [(kind, names[kind]) for kind in kinds]
 
 
 def _prepare_parts(parts: Path, manifest: Manifest, resume: bool) -> Manifest:
@@ -282,7 +401,7 @@ def _resumable(manifest: Manifest, parts: Path) -> Iterator[None]:
 
 
 def parts_folder(out: Path) -> Path:
-    """Where a run keeps its segments, playlist and manifest: beside the output."""
+    """Where a run keeps its segments, playlists and manifest: beside the output."""
     return out.with_name(out.name + ".parts")
 
 

@@ -1,4 +1,4 @@
-"""Video files with PyAV: decode, re-encode for a server that decodes on the CPU, dump frames as images."""
+"""Video files and frames with PyAV: decode, re-encode for a server that decodes on the CPU, NV12, images."""
 
 import io
 from collections.abc import Iterator
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
 
 # DALI's CPU decoder reads MJPEG, and MJPEG in 4:4:4 decodes there to the same pixels as in FFmpeg; being intra-only,
 # it also keeps every frame on its own. Quantiser 1-2: close to the source, ~5x the size of the H.264 input.
@@ -39,5 +38,20 @@ def reencode_for_cpu(source: Path | bytes, rate: Fraction | None) -> bytes:
     return out.getvalue()
 
 
+def nv12_frame(nv12: np.ndarray) -> av.VideoFrame:
+    """A frame of the server's SEGMENTED output, (3 H'/2, W') NV12, as a PyAV frame (what an encoder takes)."""
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(nv12), format="nv12")
+
+
+def nv12_to_rgb(nv12: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) RGB of an NV12 frame, without the row or column that made its size even."""
+    return nv12_frame(nv12).to_ndarray(format="rgb24")[:height, :width]
+
+
 def save_image(path: Path, frame: np.ndarray) -> None:
-    Image.fromarray(frame).save(path)
+    """An RGB frame as a PNG file."""
+    context = av.CodecContext.create("png", "w")
+    context.height, context.width = frame.shape[:2]
+    context.pix_fmt, context.time_base = "rgb24", Fraction(1, 1)
+    image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    Path(path).write_bytes(b"".join(bytes(p) for p in [*context.encode(image), *context.encode(None)]))

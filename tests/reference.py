@@ -1,15 +1,15 @@
-"""The chain run in-process, without a server: the same pipelines and the same seeded weights as the server's."""
+"""The chain run in-process, without a server: the same pipelines (built as the server builds them) and the same seeded
+weights as the server's."""
 
 import numpy as np
 import torch
-from nvidia.dali import pipeline_def
 from nvidia.dali.tensors import TensorListGPU
 
+import pipelines
 from export import fcn
-from pipelines.decode import decode
-from pipelines.mask import mask
-from pipelines.probe import probe
+from pipelines import decode, mask
 from repo.models import Settings
+from stream_client.probe import probe
 
 _models: dict[tuple, fcn.Segmenter] = {}
 
@@ -18,35 +18,30 @@ def _numpy(out, i: int) -> np.ndarray:
     return np.array((out.as_cpu() if isinstance(out, TensorListGPU) else out)[i])
 
 
-def _pipeline(graph, settings: Settings, batch_size: int, **kwargs):
+def _build(graph, settings: Settings, **kwargs):
     device_id = 0 if settings.device == "gpu" else None
-    pipe = pipeline_def(graph, batch_size=batch_size, num_threads=2, device_id=device_id, prefetch_queue_depth=1)
-    built = pipe(device=settings.device, **kwargs)
-    built.build()
-    return built
+    return pipelines.build(graph, batch_size=1, device_id=device_id, device=settings.device, **kwargs)
 
 
 def decoded(data: bytes, settings: Settings) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(frames, model input) per chunk, from the decoder the server uses (CPU or NVDEC)."""
-    pipe = _pipeline(
-        decode,
-        settings,
-        1,
-        frames_per_chunk=settings.frames_per_chunk,
-        model_size=settings.model_size,
-        half=settings.half,
-    )
-    pipe.feed_input("VIDEO", [np.frombuffer(data, np.uint8)])
+    pipe = _build(decode.decode, settings, frames_per_chunk=settings.frames_per_chunk,
+                  model_size=settings.model_size, half=settings.half)  # fmt: skip
+    pipe.feed_input(decode.VIDEO, [np.frombuffer(data, np.uint8)])
+    found = probe(data)
     frames, model_input = [], []
-    for _ in range(-(-probe(data).packets // settings.frames_per_chunk)):
-        f, m = pipe.run()
+    for _ in range(-(-found.packets // settings.frames_per_chunk)):
+        pipe.feed_input(decode.CLASS_ID, [np.array([0], np.int32)])
+        pipe.feed_input(decode.THRESHOLD, [np.array([0.0], np.float32)])
+        pipe.feed_input(decode.FRAME_SIZE, [np.array([found.height, found.width], np.int32)])
+        f, m, *_ = pipe.run()
         frames.append(_numpy(f, 0))
         model_input.append(_numpy(m, 0))
     return frames, model_input
 
 
-def segmented(data: bytes, settings: Settings, class_id: int, threshold: float) -> np.ndarray:
-    """(N, H, W, 3): every frame of the video as the server should return it."""
+def segmented(data: bytes, settings: Settings, class_id: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(segmented NV12 (N, 3 H'/2, W'), mask (N, h, w)): every frame of the video as the server should return it."""
     device = "cuda" if settings.device == "gpu" else "cpu"
     dtype = torch.float16 if settings.half else torch.float32
     key = (settings.random_weights_seed, device, dtype)
@@ -54,15 +49,16 @@ def segmented(data: bytes, settings: Settings, class_id: int, threshold: float) 
         _models[key] = fcn.seeded(settings.random_weights_seed).to(device, dtype)
     model = _models[key]
     frames, model_input = decoded(data, settings)
-    pipe = _pipeline(mask, settings, settings.max_batch)
-    out = []
+    pipe = _build(mask.mask, settings)
+    nv12, masks = [], []
     for f, m in zip(frames, model_input, strict=True):
         with torch.inference_mode():
-            probs = model(torch.from_numpy(m).to(device)).cpu().numpy()
-        pipe.feed_input("FRAMES", list(f))
-        pipe.feed_input("PROBS", list(probs))
-        pipe.feed_input("CLASS_ID", [np.array([class_id], np.int32)] * len(f))
-        pipe.feed_input("THRESHOLD", [np.array([threshold], np.float32)] * len(f))
-        result, _ = pipe.run()
-        out.extend(_numpy(result, i) for i in range(len(f)))
-    return np.stack(out)
+            probs = model(torch.from_numpy(m).to(device))[:, class_id : class_id + 1].contiguous().cpu().numpy()
+        pipe.feed_input(mask.FRAMES, [f])
+        pipe.feed_input(mask.CLASS_PROBS, [probs])
+        pipe.feed_input(mask.THRESHOLD, [np.array([threshold], np.float32)])
+        pipe.feed_input(mask.FRAME_SIZE, [np.array(f.shape[1:3], np.int32)])
+        out, kept = pipe.run()
+        nv12.append(_numpy(out, 0))
+        masks.append(_numpy(kept, 0))
+    return np.concatenate(nv12), np.concatenate(masks)

@@ -1,9 +1,12 @@
 """The command a user runs: an H.264 MP4 segmented through a server that decodes on the CPU, written as a video."""
 
 import json
+from fractions import Fraction
 
 import av
+import numpy as np
 import pytest
+from conftest import SETTINGS
 
 from repo.serve import ServerError, TritonServer
 from stream_client.cli import main
@@ -43,6 +46,28 @@ def test_h264_mp4_is_reencoded_for_the_cpu_server_and_every_frame_is_written(ser
     assert len(list(images.glob("original_*.png"))) == len(list(images.glob("segmented_*.png"))) == 23
     err = capsys.readouterr().err
     assert "re-encoding h264 to mjpeg" in err and err.count("chunk ") == 3  # 23 frames in chunks of 8
+
+
+@pytest.mark.parametrize("returns", ["mask", "both"])
+def test_the_mask_is_written_as_a_grayscale_matte_video_beside_the_output(server, video_file, tmp_path, returns):
+    source = video_file(19, width=80, height=48)
+    out = tmp_path / "out.mp4"
+    args = ["--url", server.url, "--out", str(out), "--threshold", "0.2", "--class", "pottedplant"]
+    assert main([str(source), *args, "--returns", returns, "--segment-seconds", "0.3"]) == 0
+    matte = tmp_path / "out_matte.mp4"
+    assert out.exists() == (returns == "both")
+    with av.open(str(matte)) as container:
+        stream = container.streams.video[0]
+        # At the model's size, shown at the source's shape (80x48: 5:3) through the pixel aspect ratio.
+        assert (stream.codec_context.height, stream.codec_context.width) == SETTINGS.model_size
+        assert stream.sample_aspect_ratio * stream.codec_context.width / stream.codec_context.height == Fraction(5, 3)
+        frames = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+    assert len(frames) == count_frames(source) == 19
+    values = np.concatenate([f.ravel() for f in frames])
+    assert ((values < 40) | (values > 215)).mean() > 0.99  # black or white: a mask
+    assert 0.01 < (values > 128).mean() < 0.99
+    with av.open(str(source)) as a, av.open(str(matte)) as b:
+        assert [f.time for f in a.decode(video=0)] == pytest.approx([f.time for f in b.decode(video=0)], abs=1e-3)
 
 
 def test_errors_are_one_clear_line(server, tmp_path, capsys):

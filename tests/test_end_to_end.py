@@ -10,20 +10,24 @@ import urllib.request
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from conftest import CPU_VIDEO, SETTINGS, VP9_VIDEO
 from helpers import collect
 from reference import segmented as reference
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from pipelines.mask import class_index
+from repo import models
+from stream_client import protocol
 from stream_client.reorder import Reorderer
 from stream_client.videos import frames as pyav_frames
 
 MAX_DIFFERENT = 1e-3
 
 
-def in_order(chunks) -> np.ndarray:
+def in_order(chunks, what: str = "segmented") -> np.ndarray:
     reorder = Reorderer()
-    frames = [f for c in chunks for f in reorder.push(c.first, c.frames)]
+    frames = [f for c in chunks for f in reorder.push(c.first, getattr(c, what))]
     reorder.finish()
     return np.stack(frames)
 
@@ -38,14 +42,17 @@ def assert_matches(got: np.ndarray, expected: np.ndarray) -> None:
 @pytest.mark.parametrize("kind", [CPU_VIDEO, VP9_VIDEO], ids=["mjpeg", "vp9"])
 def test_every_frame_comes_back_once_in_order(stream, video, frames, kind):
     data = video(frames, width=64, height=48, **kind)
-    stream.send("v", data, class_name="pottedplant", threshold=0.2)
+    stream.send("v", data, class_name="pottedplant", threshold=0.2, returns="both")
     chunks = collect(stream, {"v"})["v"]
     assert not isinstance(chunks, str), chunks
-    assert sorted(c.first for c in chunks) == list(range(0, frames, SETTINGS.frames_per_chunk))
-    got = in_order(chunks)
-    assert len(got) == len(list(pyav_frames(data))) == frames
-    assert_matches(got, reference(data, SETTINGS, class_index("pottedplant"), 0.2))
-    assert 0 < np.count_nonzero(got) < got.size  # the mask keeps some pixels and drops others
+    assert [c.first for c in chunks] == list(range(0, frames, SETTINGS.frames_per_chunk))  # in order, as they came
+    segmented, mask = reference(data, SETTINGS, class_index("pottedplant"), 0.2)
+    assert_matches(in_order(chunks), segmented)
+    assert_matches(in_order(chunks, "mask"), mask)
+    assert len(list(pyav_frames(data))) == frames
+    assert 0 < mask.sum() < mask.size  # the mask keeps some pixels and drops others
+    rgb = np.concatenate([c.frames for c in chunks])  # the client's RGB view: the video's size
+    assert rgb.shape == (frames, 48, 64, 3)
 
 
 def test_two_videos_at_once_on_one_stream_do_not_mix(stream, video):
@@ -54,8 +61,8 @@ def test_two_videos_at_once_on_one_stream_do_not_mix(stream, video):
     stream.send("a", a, class_name="pottedplant", threshold=0.2)
     stream.send("b", b, class_name="pottedplant", threshold=0.2)
     results = collect(stream, {"a", "b"})
-    assert_matches(in_order(results["a"]), reference(a, SETTINGS, class_index("pottedplant"), 0.2))
-    assert_matches(in_order(results["b"]), reference(b, SETTINGS, class_index("pottedplant"), 0.2))
+    assert_matches(in_order(results["a"]), reference(a, SETTINGS, class_index("pottedplant"), 0.2)[0])
+    assert_matches(in_order(results["b"]), reference(b, SETTINGS, class_index("pottedplant"), 0.2)[0])
 
 
 def test_class_and_threshold_change_the_output_as_they_should(stream, video):
@@ -69,26 +76,31 @@ def test_class_and_threshold_change_the_output_as_they_should(stream, video):
         "defaults": (None, None),
     }
     for name, (class_name, threshold) in requests.items():
-        stream.send(name, data, class_name=class_name, threshold=threshold)
-    results = {name: in_order(chunks) for name, chunks in collect(stream, set(requests)).items()}
-    np.testing.assert_array_equal(results["keep-all"], original)  # every probability is above 0
-    assert not results["keep-none"].any()  # none is above 1
-    assert_matches(results["plant"], reference(data, SETTINGS, class_index("pottedplant"), 0.2))
-    assert_matches(results["cat"], reference(data, SETTINGS, class_index("cat"), 0.05))
-    assert np.mean(results["plant"] != results["cat"]) > 0.05
-    assert_matches(results["defaults"], reference(data, SETTINGS, class_index("person"), 0.5))
+        stream.send(name, data, class_name=class_name, threshold=threshold, returns="both")
+    results = collect(stream, set(requests))
+    masks = {name: in_order(chunks, "mask") for name, chunks in results.items()}
+    assert masks["keep-all"].all()  # every probability is above 0: the frames come back, to NV12's precision
+    kept = np.concatenate([c.frames for c in results["keep-all"]]).astype(int)
+    assert np.abs(kept - original).mean() < 2
+    assert not masks["keep-none"].any()  # none is above 1: black
+    assert (in_order(results["keep-none"])[:, :48] == 16).all()
+    for name, class_name, threshold in [
+        ("plant", "pottedplant", 0.2),
+        ("cat", "cat", 0.05),
+        ("defaults", "person", 0.5),
+    ]:
+        segmented, mask = reference(data, SETTINGS, class_index(class_name), threshold)
+        assert_matches(in_order(results[name]), segmented)
+        assert_matches(masks[name], mask)
+    assert np.mean(masks["plant"] != masks["cat"]) > 0.05
 
 
 @pytest.mark.parametrize(
-    "class_name,threshold,returns,message",
-    [
-        ("unicorn", None, "segmented", "unknown class 'unicorn'"),
-        (None, 1.5, "segmented", "threshold must be a number in \\[0, 1\\]"),
-        (None, None, "everything", "returns must be one of segmented, mask, both"),
-    ],
+    "class_name,threshold,message",
+    [("unicorn", None, "unknown class 'unicorn'"), (None, 1.5, "threshold must be a number in \\[0, 1\\]")],
 )
-def test_parameters_that_make_no_sense_are_refused(stream, video, class_name, threshold, returns, message):
-    stream.send("bad", video(4, **CPU_VIDEO), class_name=class_name, threshold=threshold, returns=returns)
+def test_parameters_that_make_no_sense_are_refused(stream, video, class_name, threshold, message):
+    stream.send("bad", video(4, **CPU_VIDEO), class_name=class_name, threshold=threshold)
     result = collect(stream, {"bad"})["bad"]
     assert isinstance(result, str)
     assert re.search(message, result), result
@@ -96,24 +108,18 @@ def test_parameters_that_make_no_sense_are_refused(stream, video, class_name, th
 
 def test_a_request_chooses_what_comes_back(stream, video):
     data = video(11, width=64, height=48, **CPU_VIDEO)
-    for returns in ("mask", "both"):
+    for returns in protocol.RETURNS:
         stream.send(returns, data, class_name="pottedplant", threshold=0.2, returns=returns)
-    results = collect(stream, {"mask", "both"})
-    expected = reference(data, SETTINGS, class_index("pottedplant"), 0.2)
-    masks = {}
+    results = collect(stream, set(protocol.RETURNS))
+    segmented, mask = reference(data, SETTINGS, class_index("pottedplant"), 0.2)
+    assert all(c.segmented is None and c.mask.shape[1:] == SETTINGS.model_size for c in results["mask"])
+    assert all(c.mask is None for c in results["segmented"])
     for returns in ("mask", "both"):
-        chunks = sorted(results[returns], key=lambda c: c.first)
-        masks[returns] = np.concatenate([c.mask for c in chunks])
-        assert masks[returns].shape == (11, *SETTINGS.model_size) and masks[returns].dtype == np.uint8
-        assert set(np.unique(masks[returns])) <= {0, 1}
-    assert all(c.frames is None for c in results["mask"])
-    assert_matches(in_order(results["both"]), expected)
-    np.testing.assert_array_equal(masks["mask"], masks["both"])
-    # The mask at the model's size (64x64), sampled at the frame's pixels (48x64, nearest), is what the frames kept
-    # (up to the frames' black pixels, which look dropped when kept, and rounding at the sampling edges).
-    kept = np.stack([f.any(-1) for f in expected])
-    rows = ((np.arange(48) + 0.5) * 64 / 48).astype(int)
-    assert np.mean(masks["mask"][:, rows].astype(bool) != kept) <= 0.01
+        got = in_order(results[returns], "mask")
+        assert got.dtype == np.uint8 and set(np.unique(got)) <= {0, 1}
+        assert_matches(got, mask)
+    for returns in ("segmented", "both"):
+        assert_matches(in_order(results[returns]), segmented)
 
 
 def metric(server, name: str) -> float:
@@ -121,13 +127,35 @@ def metric(server, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
-def test_the_entry_model_counts_frames_chunks_and_videos_on_the_metrics_endpoint(server, stream, video):
-    before = {m: metric(server, m) for m in ("segment_video_frames_total", "segment_video_chunks_total")}
-    failed_before = metric(server, 'segment_video_videos_total{outcome="failed"}')
+DONE = f'nv_inference_request_success{{model="{protocol.ENTRY}"'
+FAILED = f'nv_inference_request_failure{{model="{protocol.ENTRY}",reason="OTHER"'
+
+
+def test_frames_chunks_and_videos_are_counted_on_the_metrics_endpoint(server, stream, video):
+    before = {m: metric(server, m) for m in ("segment_video_frames_total", "segment_video_chunks_total", DONE, FAILED)}
     stream.send("counted", video(19, **CPU_VIDEO))
     stream.send("refused", b"not a video")
     collect(stream, {"counted", "refused"})
-    assert metric(server, "segment_video_frames_total") - before["segment_video_frames_total"] == 19
-    assert metric(server, "segment_video_chunks_total") - before["segment_video_chunks_total"] == 3
-    assert metric(server, 'segment_video_videos_total{outcome="failed"}') - failed_before == 1
-    assert metric(server, "segment_video_chunk_latency_us_total") > 0
+    after = {m: metric(server, m) - v for m, v in before.items()}
+    assert after["segment_video_frames_total"] == 19 and after["segment_video_chunks_total"] == 3
+    assert after[DONE] == 1 and after[FAILED] >= 1
+
+
+def test_a_dali_model_refuses_a_request_for_fewer_than_all_its_outputs_as_tritons_dali_backend_does(server):
+    """The runner stands in for dali_backend here: it holds its rules (repo/dali_contract.py), with its message."""
+    chunk = np.zeros((1, 2, 48, 64, 3), np.uint8)
+    probs = np.ones((1, 2, 1, *SETTINGS.model_size), np.float32)
+    tensors = {"FRAMES": chunk, "CLASS_PROBS": probs, "THRESHOLD": np.array([[0.5]], np.float32),
+               "FRAME_SIZE": np.array([[48, 64]], np.int32)}  # fmt: skip
+    inputs = []
+    for name, value in tensors.items():
+        tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    with grpcclient.InferenceServerClient(server.url) as client:
+        with pytest.raises(InferenceServerException, match=re.escape(
+            "DALI Backend error: Number of outputs expected by the requests (1) does not match the number of "
+            "outputs from DALI pipeline (2).")):  # fmt: skip
+            client.infer(models.MASKER, inputs, outputs=[grpcclient.InferRequestedOutput("MASK")])
+        both = client.infer(models.MASKER, inputs)  # all of them (none asked: Triton asks for all)
+        assert both.as_numpy("SEGMENTED").shape == (1, 2, 72, 64) and both.as_numpy("MASK").all()

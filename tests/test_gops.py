@@ -193,3 +193,24 @@ def test_a_single_keyframe_gives_one_segment(tmp_path):
     parts = list(gops.segments(path, max_seconds=0.1, max_bytes=1))
     assert len(parts) == 1
     check_segments(path, parts)
+
+
+def test_a_servers_frame_limit_cuts_segments_at_the_last_safe_keyframe_that_keeps_within_it(tmp_path):
+    path = make_video(tmp_path / "gop10.mp4", "libx264", {"g": "10", "bf": "0"}, frames=95)
+    gop = [p.frames for p in gops.plan(path, max_seconds=0)]  # every safe cut: the GOPs
+    assert len(gop) >= 8
+    for limit in (5, 25, 40):
+        parts = [p.frames for p in gops.plan(path, max_seconds=None, max_frames=limit)]
+        assert sum(parts) == 95
+        # Whole GOPs, as many as fit: each segment is within the limit (or one GOP longer than it), and the next
+        # GOP would not have fitted.
+        ends = list(np.cumsum(gop))
+        position = 0
+        for frames in parts:
+            assert position + frames in ends
+            assert frames <= limit or frames in gop, (limit, parts, gop)
+            following = [e for e in ends if e > position + frames]
+            if following:
+                assert following[0] - position > limit, (limit, parts, gop)
+            position += frames
+    assert [p.frames for p in gops.plan(path, max_seconds=None)] == [95]

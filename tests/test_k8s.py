@@ -465,8 +465,9 @@ def test_the_dashboard_shows_the_projects_and_tritons_metrics():
     for metric in (
         "segment_video_frames_total",
         "segment_video_chunks_total",
-        "segment_video_chunk_latency_us_total",
-        "segment_video_videos_total",
+        "nv_inference_request_duration_us",
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
         "nv_inference_queue_duration_us",
         "nv_inference_count",
         "nv_gpu_utilization",

@@ -114,9 +114,9 @@ def wait_for(condition, timeout: float = 120.0) -> None:
 
 
 def test_resume_after_the_server_is_killed_gives_the_uninterrupted_output(tmp_path):
-    # One chunk in flight per video: the segmenter never batches two chunks together, so the same video gives the
-    # same probabilities bit for bit, run after run (threshold 0 keeps a pixel unless its probability is exactly 0).
-    repository = build(replace(SETTINGS, chunks_in_flight=1), tmp_path / "repo")
+    # One chunk per batch: the segmenter never batches two chunks together, so the same video gives the same
+    # probabilities bit for bit, run after run (threshold 0 keeps a pixel unless its probability is exactly 0).
+    repository = build(replace(SETTINGS, max_batch=SETTINGS.frames_per_chunk), tmp_path / "repo")
     source = make_av(tmp_path / "in.mp4", 80)
     out = tmp_path / "resumed.mp4"
     doomed = TritonServer(repository).start()

@@ -1,89 +1,119 @@
-"""The DALI pipelines on the CPU: chunking, shapes, layout, normalisation, and what the mask keeps."""
+"""The DALI pipelines on the CPU, built as Triton's DALI backend builds them: chunking, the request's values carried
+with every chunk, shapes, layout, normalisation, what the mask keeps, NV12."""
 
 import numpy as np
 import pytest
-from nvidia.dali import pipeline_def
 
-from pipelines.decode import IMAGENET_MEAN, IMAGENET_STD, decode
-from pipelines.mask import VOC_CLASSES, class_index, mask
+import pipelines
+from pipelines import decode, mask
+from pipelines.mask import VOC_CLASSES, class_index
 from stream_client.videos import frames as pyav_frames
 
 
-def run_decode(data: bytes, runs: int, batch_size: int = 1, **kwargs) -> list[tuple[list, list]]:
-    pipe = pipeline_def(decode, batch_size=batch_size, num_threads=1, device_id=None, prefetch_queue_depth=1)(
-        device="cpu", **kwargs
+def run_decode(data: bytes, runs: int, with_frames: bool = True, **kwargs) -> list[list[np.ndarray]]:
+    pipe = pipelines.build(
+        decode.decode, batch_size=1, device_id=None, num_threads=1, with_frames=with_frames, **kwargs
     )
-    pipe.build()
-    pipe.feed_input("VIDEO", [np.frombuffer(data, np.uint8)])
+    pipe.feed_input(decode.VIDEO, [np.frombuffer(data, np.uint8)])
     out = []
-    for _ in range(runs):
-        f, m = pipe.run()
-        out.append(([np.array(t) for t in f], [np.array(t) for t in m]))
+    for run in range(runs):
+        pipe.feed_input(decode.CLASS_ID, [np.array([run], np.int32)])
+        pipe.feed_input(decode.THRESHOLD, [np.array([run / 10], np.float32)])
+        if with_frames:
+            pipe.feed_input(decode.FRAME_SIZE, [np.array([24, 40], np.int32)])
+        out.append([np.array(o[0]) for o in pipe.run()])
     return out
 
 
-def test_decode_chunks_every_frame_once_with_a_short_last_chunk(video):
+def test_decode_chunks_every_frame_once_with_a_short_last_chunk_and_carries_the_requests_values(video):
     data = video(21, width=40, height=24)
     runs = run_decode(data, 3, frames_per_chunk=8, model_size=(16, 16))
-    frames = [f[0] for f, _ in runs]
-    model_input = [m[0] for _, m in runs]
+    frames = [r[0] for r in runs]
     assert [len(f) for f in frames] == [8, 8, 5]
     assert all(f.shape[1:] == (24, 40, 3) and f.dtype == np.uint8 for f in frames)
-    assert [m.shape for m in model_input] == [(len(f), 3, 16, 16) for f in frames]
-    assert all(m.dtype == np.float32 for m in model_input)
+    assert [r[1].shape for r in runs] == [(len(f), 3, 16, 16) for f in frames]
+    assert all(r[1].dtype == np.float32 for r in runs)
+    # What was fed with each run goes out with that run's chunk.
+    assert [(r[2].tolist(), r[3].tolist(), r[4].tolist()) for r in runs] == [
+        ([k], [np.float32(k / 10)], [24, 40]) for k in range(3)
+    ]
     # MJPEG 4:4:4 decodes to the same pixels in DALI and in FFmpeg: the chunks are the video's frames, in order.
     np.testing.assert_array_equal(np.concatenate(frames), np.stack(list(pyav_frames(data))))
 
 
-def test_decode_batch_is_chunks_per_response(video):
-    data = video(20, width=32, height=32)
-    runs = run_decode(data, 2, batch_size=2, frames_per_chunk=6, model_size=(8, 8))
-    assert [[len(f) for f in fs] for fs, _ in runs] == [[6, 6], [6, 2]]
+def test_the_mask_decoder_makes_no_frames(video):
+    runs = run_decode(video(10), 2, with_frames=False, frames_per_chunk=6, model_size=(8, 8))
+    assert [[o.shape for o in r] for r in runs] == [[(6, 3, 8, 8), (1,), (1,)], [(4, 3, 8, 8), (1,), (1,)]]
 
 
 def test_model_input_is_imagenet_normalised_fchw(video):
     data = video(8, width=32, height=24)
-    (((frames,), (model_input,)),) = run_decode(data, 1, frames_per_chunk=8, model_size=(24, 32))
+    ((frames, model_input, *_),) = run_decode(data, 1, frames_per_chunk=8, model_size=(24, 32))
     # Same size: no resampling, so the normalisation can be checked exactly.
-    expected = (frames.astype(np.float32) / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    expected = (frames.astype(np.float32) / 255 - decode.IMAGENET_MEAN) / decode.IMAGENET_STD
     np.testing.assert_allclose(model_input, expected.transpose(0, 3, 1, 2), atol=1e-5)
 
 
 def test_half_model_input(video):
-    ((_, (model_input,)),) = run_decode(video(4), 1, frames_per_chunk=4, model_size=(16, 16), half=True)
+    ((_, model_input, *_),) = run_decode(video(4), 1, frames_per_chunk=4, model_size=(16, 16), half=True)
     assert model_input.dtype == np.float16
 
 
-def run_mask(frames: list, probs: list, class_ids: list[int], thresholds: list[float]) -> list[np.ndarray]:
-    pipe = pipeline_def(mask, batch_size=len(frames), num_threads=1, device_id=None, prefetch_queue_depth=1)()
-    pipe.build()
-    pipe.feed_input("FRAMES", frames)
-    pipe.feed_input("PROBS", probs)
-    pipe.feed_input("CLASS_ID", [np.array([c], np.int32) for c in class_ids])
-    pipe.feed_input("THRESHOLD", [np.array([t], np.float32) for t in thresholds])
-    out, _ = pipe.run()
-    return [np.array(o) for o in out]
+def run_mask(chunks: list[np.ndarray], probs: list[np.ndarray], thresholds: list[float]) -> list[list[np.ndarray]]:
+    """Each chunk (F, H, W, 3) with its class probabilities (F, 1, h, w): [NV12 (F, 3 H'/2, W'), mask (F, h, w)]."""
+    pipe = pipelines.build(mask.mask, batch_size=len(chunks), device_id=None, num_threads=1)
+    pipe.feed_input(mask.FRAMES, chunks)
+    pipe.feed_input(mask.CLASS_PROBS, probs)
+    pipe.feed_input(mask.THRESHOLD, [np.array([t], np.float32) for t in thresholds])
+    pipe.feed_input(mask.FRAME_SIZE, [np.array(c.shape[1:3], np.int32) for c in chunks])
+    nv12, masks = pipe.run()
+    return [[np.array(nv12[i]), np.array(masks[i])] for i in range(len(chunks))]
 
 
-def test_mask_keeps_a_pixel_exactly_when_its_class_probability_is_above_the_threshold():
+def to_nv12(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 limited range, chroma averaged over 2x2 (frames of even size): NV12 (F, 3 H/2, W), computed here."""
+    r, g, b = (rgb[..., c].astype(np.float64) for c in range(3))
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    f, h, w = y.shape
+    halves = [c.reshape(f, h // 2, 2, w // 2, 2).mean(axis=(2, 4)) for c in (cb, cr)]
+    uv = np.stack(halves, axis=-1).reshape(f, h // 2, w)
+    return np.concatenate([y, uv], axis=1)
+
+
+def test_the_mask_keeps_a_pixel_exactly_when_its_class_probability_is_above_the_threshold():
     rng = np.random.default_rng(0)
-    frames = [rng.integers(1, 256, (12, 10, 3), dtype=np.uint8) for _ in range(3)]
-    probs = [rng.random((21, 12, 10), dtype=np.float32) for _ in range(3)]
-    probs[2][7, :6] = 0.5  # exactly at the threshold: not kept
-    out = run_mask(frames, probs, [15, 3, 7], [0.5, 0.2, 0.5])
-    for f, p, c, t, o in zip(frames, probs, [15, 3, 7], [0.5, 0.2, 0.5], out, strict=True):
-        assert o.dtype == np.uint8 and o.shape == f.shape
-        np.testing.assert_array_equal(o, f * (p[c] > t)[..., None])
-    assert not out[2][:6].any()
+    chunks = [rng.integers(60, 256, (3, 12, 10, 3), dtype=np.uint8) for _ in range(2)]
+    probs = [rng.random((3, 1, 12, 10), dtype=np.float32) for _ in range(2)]
+    probs[1][1, 0, :6] = 0.5  # exactly at the threshold: not kept
+    for chunk, p, t, (nv12, got) in zip(chunks, probs, [0.5, 0.2], run_mask(chunks, probs, [0.5, 0.2]), strict=True):
+        keep = (p[:, 0] > t).astype(np.uint8)
+        np.testing.assert_array_equal(got, keep)
+        assert nv12.shape == (3, 18, 10) and nv12.dtype == np.uint8
+        expected = to_nv12(chunk * keep[..., None])
+        assert np.abs(nv12[:, :12].astype(int) - expected[:, :12]).max() <= 1  # luma, pixel by pixel
+        assert np.abs(nv12[:, 12:].astype(int) - expected[:, 12:]).max() <= 2  # chroma, 2x2 averages
+    assert (run_mask(chunks, probs, [0.5, 0.5])[1][1][1, :6] == 0).all()
 
 
-def test_mask_resizes_the_probabilities_to_the_frame_with_nearest_neighbours():
+def test_the_mask_is_resized_to_the_frame_with_nearest_neighbours():
     rng = np.random.default_rng(1)
-    frame = rng.integers(1, 256, (24, 32, 3), dtype=np.uint8)
-    probs = rng.random((21, 6, 8), dtype=np.float32)
-    (out,) = run_mask([frame], [probs], [15], [0.5])
-    keep = np.repeat(np.repeat(probs[15] > 0.5, 4, axis=0), 4, axis=1)
-    np.testing.assert_array_equal(out, frame * keep[..., None])
+    chunk = rng.integers(60, 256, (2, 24, 32, 3), dtype=np.uint8)
+    probs = rng.random((2, 1, 6, 8), dtype=np.float32)
+    ((nv12, _),) = run_mask([chunk], [probs], [0.5])
+    keep = np.repeat(np.repeat(probs[:, 0] > 0.5, 4, axis=1), 4, axis=2)
+    np.testing.assert_array_equal(nv12[:, :24] > 16, keep)  # dropped pixels are black: luma 16
+
+
+def test_odd_frames_get_a_black_row_and_column_and_chunks_of_several_sizes_batch_together():
+    rng = np.random.default_rng(2)
+    chunks = [rng.integers(60, 256, (2, 25, 41, 3), dtype=np.uint8), rng.integers(60, 256, (4, 24, 40, 3), np.uint8)]
+    probs = [np.ones((2, 1, 4, 4), np.float32), np.ones((4, 1, 4, 4), np.float32)]
+    (odd, _), (even, _) = run_mask(chunks, probs, [0.5, 0.5])
+    assert odd.shape == (2, 39, 42) and even.shape == (4, 36, 40)
+    assert (odd[:, 25, :] == 16).all() and (odd[:, :25, 41] == 16).all()  # the padding: black
+    np.testing.assert_allclose(odd[:, :24, :40], to_nv12(chunks[0][:, :24, :40])[:, :24], atol=1)
 
 
 def test_class_names_are_the_21_voc_classes():
@@ -92,14 +122,17 @@ def test_class_names_are_the_21_voc_classes():
         class_index("human")
 
 
-def test_mask_alone_is_the_thresholded_class_channel_at_the_models_size():
-    rng = np.random.default_rng(2)
-    probs = [rng.random((21, 6, 8), dtype=np.float32).astype(np.float16) for _ in range(2)]
-    pipe = pipeline_def(mask, batch_size=2, num_threads=1, device_id=None, prefetch_queue_depth=1)(with_frames=False)
-    pipe.build()
-    pipe.feed_input("PROBS", probs)
-    pipe.feed_input("CLASS_ID", [np.array([4], np.int32), np.array([9], np.int32)])
-    pipe.feed_input("THRESHOLD", [np.array([0.3], np.float32)] * 2)
+def test_the_mask_alone_is_the_thresholded_probability_at_the_models_size():
+    rng = np.random.default_rng(3)
+    probs = [rng.random((5, 1, 6, 8), dtype=np.float32).astype(np.float16) for _ in range(2)]
+    pipe = pipelines.build(mask.mask, batch_size=2, device_id=None, num_threads=1, with_frames=False)
+    pipe.feed_input(mask.CLASS_PROBS, probs)
+    pipe.feed_input(mask.THRESHOLD, [np.array([0.3], np.float32)] * 2)
     (out,) = pipe.run()
-    for i, (c, p) in enumerate(zip([4, 9], probs, strict=True)):
-        np.testing.assert_array_equal(np.array(out[i]), (p[c].astype(np.float32) > 0.3).astype(np.uint8))
+    for i, p in enumerate(probs):
+        np.testing.assert_array_equal(np.array(out[i]), (p[:, 0].astype(np.float32) > 0.3).astype(np.uint8))
+
+
+def test_pipelines_are_built_with_the_executor_of_tritons_dali_backend():
+    pipe = pipelines.build(mask.mask, batch_size=1, device_id=None, with_frames=False)
+    assert (pipe.exec_pipelined, pipe.exec_async, pipe.exec_dynamic) == (True, True, False)

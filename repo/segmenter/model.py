@@ -1,7 +1,9 @@
-"""The segmenter: torchvision's fcn_resnet101 with softmax, a batch of frames (N, 3, h, w) -> (N, 21, h, w).
+"""The segmenter: torchvision's fcn_resnet101 with softmax over the 21 VOC classes, on chunks of frames.
 
-Outputs: PROBS, every class's probability; CLASS_PROBS (N, 1, h, w), the probability of the class a request names
-in CLASS_ID, for callers that want one class (the entry model): 1/21 of the bytes to pass on.
+A request is a chunk: MODEL_INPUT (1, F, 3, h, w) and CLASS_ID (1, 1); its output CLASS_PROBS (1, F, 1, h, w) is
+that class's probability per pixel (1/21 of all the classes' bytes to pass on to the masker). The chunks of an
+execution (of several videos, of any length) are flattened into one batch of frames for the model.
+It counts the frames and chunks it segments on Triton's metrics endpoint (`segment_video_frames_total`, ...).
 
 Weights come from the file named by the `weights_file` parameter in this model's version directory (written by
 `python -m export.weights`, linked there by `python -m repo.build`). Without that file the model refuses to load,
@@ -18,8 +20,7 @@ import triton_python_backend_utils as pb_utils
 
 from export import fcn
 from pipelines import decode, mask
-from repo import models
-from repo.triton_tensors import from_torch, input_tensor, to_torch
+from repo.triton_tensors import from_torch, input_tensor
 
 
 class TritonPythonModel:
@@ -45,23 +46,35 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"segmenter: {source}")
         self.memory_format = torch.channels_last if params.get("channels_last") == "true" else torch.contiguous_format
         self.model = model.to(self.device, self.dtype, memory_format=self.memory_format).eval()
+        self.metrics = Metrics()
 
     @torch.inference_mode()
     def execute(self, requests: list) -> list:
-        batches = [input_tensor(r, decode.MODEL_INPUT) for r in requests]
-        probs = self.model(torch.cat(batches).to(self.device, self.dtype, memory_format=self.memory_format))
+        chunks = [input_tensor(r, decode.MODEL_INPUT) for r in requests]  # each (chunks, F, 3, h, w)
+        frames = torch.cat([c.flatten(0, 1) for c in chunks])  # NFCHW -> (N*F)CHW: the model sees frames
+        probs = self.model(frames.to(self.device, self.dtype, memory_format=self.memory_format))
         responses = []
-        for request, part in zip(requests, torch.split(probs, [len(b) for b in batches]), strict=True):
-            wanted = set(request.requested_output_names()) or {mask.PROBS}
-            class_id = pb_utils.get_input_tensor_by_name(request, mask.CLASS_ID)
-            if models.CLASS_PROBS in wanted and class_id is None:
-                error = pb_utils.TritonError(f"{models.CLASS_PROBS} needs the {mask.CLASS_ID} input")
-                responses.append(pb_utils.InferenceResponse(error=error))
-                continue
-            outputs = [from_torch(mask.PROBS, part)] if mask.PROBS in wanted else []
-            if models.CLASS_PROBS in wanted:
-                index = to_torch(class_id).to(self.device, torch.int64)[:, :, None, None]
-                class_probs = part.gather(1, index.expand(-1, 1, *part.shape[2:]))
-                outputs.append(from_torch(models.CLASS_PROBS, class_probs))
-            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+        parts = torch.split(probs, [c.shape[0] * c.shape[1] for c in chunks])
+        for request, chunk, part in zip(requests, chunks, parts, strict=True):
+            class_id = input_tensor(request, decode.CLASS_ID).to(self.device, torch.int64)  # (chunks, 1)
+            index = class_id.repeat_interleave(chunk.shape[1], dim=0)[:, :, None, None].expand(-1, 1, *part.shape[2:])
+            class_probs = part.gather(1, index).unflatten(0, chunk.shape[:2])  # (chunks, F, 1, h, w)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[from_torch(mask.CLASS_PROBS, class_probs)]))
+        self.metrics.count(len(frames), sum(c.shape[0] for c in chunks))
         return responses
+
+
+class Metrics:
+    """Frames and chunks segmented, on Triton's metrics endpoint (Prometheus counters)."""
+
+    def __init__(self) -> None:
+        def counter(name: str, description: str):
+            family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
+            return family, family.Metric(labels={})
+
+        self.frames_family, self.frames = counter("segment_video_frames_total", "Frames segmented")
+        self.chunks_family, self.chunks = counter("segment_video_chunks_total", "Chunks of frames segmented")
+
+    def count(self, frames: int, chunks: int) -> None:
+        self.frames.increment(frames)
+        self.chunks.increment(chunks)

@@ -1,0 +1,74 @@
+"""What Triton's DALI backend (dali_backend) demands of a model, its config and its requests, with its messages.
+
+Read from dali_backend's source (dali_model.h, config_tools.cc, dali_model_instance.cc, dali_pipeline.h); the Python
+runner (`repo/dali_runner.py`) holds every model of the Python target to it, so that the tests, which cannot run
+the native backend, fail where the production server would. The README lists the rules.
+"""
+
+import re
+
+# dali_backend wraps its own checks so (ENFORCE -> DaliBackendException -> "DALI Backend error: ").
+BACKEND_ERROR = "DALI Backend error: "
+
+
+class ContractError(RuntimeError):
+    """What dali_backend refuses, with its message."""
+
+
+def max_batch_size_in_text(text: str) -> int | None:
+    """The top-level `max_batch_size` of a config's text, None when absent (dali_backend's ReadMBSFromPBtxt)."""
+    depth, found = 0, None
+    for line in re.sub(r"#[^\n]*|\"(?:\\.|[^\"\\])*\"", "", text).splitlines():
+        if depth == 0 and (match := re.match(r"\s*max_batch_size\s*:\s*(-?\w+)", line)):
+            found = int(match.group(1), 0)
+        depth += line.count("{") + line.count("[") - line.count("}") - line.count("]")
+    return found
+
+
+def pipeline_inputs(pipe) -> dict[str, int | None]:
+    """The pipeline's inputs (external sources, the video input) and the dimensions each declares (None: any)."""
+    inputs = {}
+    for op in pipe._ops:
+        kind = type(op._op).__name__
+        if kind == "ExternalSource":
+            inputs[op.name] = op._op._ndim
+        elif kind == "Video":  # fn.experimental.inputs.video: one encoded file per sample
+            inputs[op.name] = 1
+    return inputs
+
+
+def validate(config: dict, pipe, batched: bool) -> None:
+    """dali_backend's checks of a config against its pipeline (ValidateConfig), with its messages."""
+    declared = pipeline_inputs(pipe)
+    for entry in config["input"]:
+        if entry["name"] not in declared:
+            raise ContractError(
+                f"Configuration file contains config for {entry['name']} but such input is not present in the pipeline."
+            )
+    names = [entry["name"] for entry in config["input"]]
+    for name in declared:
+        if name not in names:
+            raise ContractError(f'Missing config for "{name}" input.')
+    outputs = len(pipe._graph_outputs)
+    if len(config["output"]) != outputs:
+        raise ContractError(
+            "The number of outputs specified in the DALI pipeline and the configuration file do not match.\n"
+            f"Model config outputs: {len(config['output'])}\nPipeline outputs: {outputs}"
+        )
+    for entry in config["input"]:
+        ndim = declared[entry["name"]]
+        dims = len(entry["dims"]) - (0 if batched else 1)  # the streaming mode's first dimension is the batch
+        if ndim is not None and dims != ndim:
+            raise ContractError(
+                f'Mismatch in number of dimensions for "{entry["name"]}"\nNumber of dimensions defined in config: '
+                f"{len(entry['dims'])}\nNumber of dimensions defined in pipeline: {ndim}"
+            )
+
+
+def requested(asked: int, outputs: int) -> None:
+    """A request asks for every output of the pipeline (asking for none, Triton asks for all)."""
+    if (asked or outputs) != outputs:
+        raise ContractError(
+            f"Number of outputs expected by the requests ({asked}) does not match the number of outputs from DALI "
+            f"pipeline ({outputs})."
+        )
