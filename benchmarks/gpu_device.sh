@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
 # On the GPU machine, after ../shared/gpu's parts are staged (see ../shared/gpu/README.md): unpack them, make the
 # project visible to the image's Python (and so to the Python-backend stub), then run what is asked:
-#   bash benchmarks/gpu_device.sh tests       # the GPU variant of the end-to-end tests
-#   bash benchmarks/gpu_device.sh benchmark   # benchmarks/gpu.py
+#   bash benchmarks/gpu_device.sh tests [N]        # the GPU variant of the end-to-end tests, N times in a row
+#   bash benchmarks/gpu_device.sh record [ARGS]    # benchmarks/record.py (the benchmark of record) into $OUT
+# Everything it writes for the caller goes to $OUT (record.json, logs, the CLI's profile).
 set -euo pipefail
+# A server an earlier, killed command left (its own session) would hold the GPU and the ports.
+pkill -KILL -f tritonserver 2>/dev/null || true
+pkill -KILL -f triton_python_backend_stub 2>/dev/null || true
 bash .gpu/bin/stage.sh >/dev/null
 bash .gpu/bin/assemble.sh
 export LD_LIBRARY_PATH=/tmp/site/nvidia_pytriton.libs:${LD_LIBRARY_PATH:-}
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 echo "$PWD" > "$site/segment-video-project.pth"
 python3 -m repo.stub_env --install
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-mkdir -p "${OUT:-out}"
+# What a user has after `python -m export.weights` (here seeded: this machine has no internet): the CLI runs as is.
+[ -f export/fcn_resnet101.pt ] || python3 -m export.weights --random-seed 0 >/dev/null
+out=${OUT:-out}
+mkdir -p "$out"
 case "${1:-tests}" in
-  tests) SEGMENT_GPU_TESTS=1 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "${OUT:-out}/gpu_tests.log" | tail -40 ;;
-  benchmark) python3 benchmarks/gpu.py --out "${OUT:-out}" "${@:2}" 2>&1 | grep -v '^[|+]' | tail -60 ;;
+  tests)
+    for i in $(seq 1 "${2:-1}"); do
+      echo "== GPU tests, run $i"
+      SEGMENT_GPU_TESTS=1 timeout 400 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/gpu_tests_$i.log" | tail -15 || true
+    done ;;
+  # /tmp lasts while the machine is held: the runs of several calls add up there, and each call returns them all.
+  record) python3 benchmarks/record.py --out /tmp/record "${@:2}"; cp -r /tmp/record/. "$out/" ;;
 esac

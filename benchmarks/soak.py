@@ -4,12 +4,12 @@
     python benchmarks/soak.py --streams 8 --minutes 2 --out out/soak
 
 Starts the project's server (`repo.build` + `repo.serve`, CPU, model input 32x32, seeded random weights, as
-`benchmarks/gpu.py --cpu`), makes a clip of 64x48 MJPEG (what the CPU decoder reads, so nothing is re-encoded) and
+`benchmarks/record.py --cpu`), makes a clip of 64x48 MJPEG (what the CPU decoder reads, so nothing is re-encoded) and
 cuts it into GOP segments (`stream_client.gops`; every MJPEG frame is a keyframe). Each stream is a thread with its
 own gRPC stream that keeps `--window` segments in flight, looping over the clip's segments (each stream from its
 own offset), and checks that every segment comes back with all its frames. After `--warmup-seconds`, the server's
 tree RSS (tritonserver and its Python-backend stubs) and this process's RSS (the client; it holds torch and DALI,
-imported by benchmarks/gpu.py) are sampled at the start, every `--sample-seconds` and at the end. Prints a table and
+imported by the server's modules) are sampled at the start, every `--sample-seconds` and at the end. Prints a table and
 writes soak.json into --out.
 """
 
@@ -24,11 +24,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gpu import Peaks, make_clip, tree_rss_mib
+from measure import Peaks, make_clip
 
 from repo.build import build
 from repo.models import Settings, server_args
-from repo.serve import TritonServer
+from repo.serve import TritonServer, tree_memory_mib
 from stream_client import gops
 from stream_client.stream import Chunk, Failed, Finished, SegmentationStream, StreamError
 
@@ -158,7 +158,7 @@ def main() -> None:
     segments = list(gops.segments(clip, plan))
     settings = Settings(
         model_size=(32, 32), frames_per_chunk=16, max_batch=64, decoder_instances=2, segmenter_instances=2,
-        masker_instances=2, chunks_in_flight=4, random_weights_seed=0,
+        masker_instances=2, random_weights_seed=0,
     )  # fmt: skip
     report: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -173,7 +173,7 @@ def main() -> None:
     repository = build(settings, work / "repo")
     with TritonServer(repository, args=server_args(settings)) as server:
         pid = server.proc.pid
-        report["server_rss_idle_mib"] = tree_rss_mib(pid)
+        report["server_rss_idle_mib"] = tree_memory_mib(pid)["rss"]
         clients = [Client(i, server.url, segments, args.window, args.returns) for i in range(args.streams)]
         for c in clients:
             c.start()
@@ -193,7 +193,7 @@ def main() -> None:
                 "segments": t.segments - counted_before.segments,
                 "errors": t.errors - counted_before.errors,
                 "frames_per_s": round((frames - previous["frames"]) / span, 1) if previous and span > 0 else None,
-                "server_rss_mib": round(tree_rss_mib(pid), 1),
+                "server_rss_mib": round(tree_memory_mib(pid)["rss"], 1),
                 "client_rss_mib": round(client_rss_mib(), 1),
             }
             samples.append(row)
@@ -212,7 +212,7 @@ def main() -> None:
             for c in clients:
                 c.join(timeout=180)
         stuck = [c.name for c in clients if c.is_alive()]
-        report["server_rss_after_drain_mib"] = round(tree_rss_mib(pid), 1)
+        report["server_rss_after_drain_mib"] = round(tree_memory_mib(pid)["rss"], 1)
 
     end = total(clients)
     measured_latencies = [x for c, n in zip(clients, latencies_before, strict=True) for x in c.snapshot().latencies[n:]]

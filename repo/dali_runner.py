@@ -22,6 +22,8 @@ tensor, silently wrong). The streaming mode serves `streams` requests at once, e
 backend: one instance each), and a watchdog turns a request that makes no progress into an error on it.
 """
 
+import ctypes
+import ctypes.util
 import faulthandler
 import importlib
 import json
@@ -95,6 +97,8 @@ class TritonPythonModel:
         self.batched = max_batch_size_in_text(text) != 0
         graph = getattr(importlib.import_module(params["pipeline_module"]), params["pipeline_graph"])
         on_gpu = args["model_instance_kind"] == "GPU"
+        # Named in every call: the requests' threads do not share a current device.
+        self.device = torch.device("cuda", int(args["model_instance_device_id"])) if on_gpu else None
         batch_size = config["max_batch_size"] if self.batched and config["max_batch_size"] > 0 else None
         self.pipeline_args = {
             "batch_size": batch_size or int(params["pipeline_batch_size"]),
@@ -178,7 +182,8 @@ class TritonPythonModel:
                 decoded += sum(outputs[0][i].shape()[0] for i in range(len(outputs[0])))
                 if run == runs - 1 and decoded != packets:  # frames left in the pipeline would go to the next video
                     raise RuntimeError(f"decoded {decoded} frames of the video's {packets}")
-                tensors = [from_torch(name, _batch(out)) for name, out in zip(self.outputs, outputs, strict=True)]
+                batches = [_stack(_samples(out, self.device)) for out in outputs]
+                tensors = [from_torch(name, batch) for name, batch in zip(self.outputs, batches, strict=True)]
                 if not stream.send(pb_utils.InferenceResponse(output_tensors=tensors), FINAL if run == runs - 1 else 0):
                     raise RuntimeError("ended by the watchdog")
         except Exception as e:  # noqa: BLE001 - every failure ends this request, not the server
@@ -210,10 +215,12 @@ class TritonPythonModel:
             sizes = [len(next(iter(samples.values()))) for samples in per_request]
             for name in self.inputs:
                 self.pipe.feed_input(name, [s for samples in per_request for s in samples[name]])
-            outputs = [_samples(out) for out in self.pipe.run()]
+            outputs = [_samples(out, self.device) for out in self.pipe.run()]
         except Exception as e:  # noqa: BLE001 - the same error for every request of the batch, as the backend does
             self.pipe = self._new_pipeline()
             return [_error(e) for _ in requests]
+        if self.device is None:
+            _trim()
         responses, start = [], 0
         for size in sizes:
             try:
@@ -226,6 +233,15 @@ class TritonPythonModel:
         return responses
 
 
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+
+
+def _trim() -> None:
+    """Give the heap's free memory back to the system: the CPU pipelines' frame-sized buffers, freed by DALI's
+    threads in arenas of their own, otherwise leave the process growing by a little after each new batch shape."""
+    _LIBC.malloc_trim(0)
+
+
 def _error(e: Exception) -> "pb_utils.InferenceResponse":
     prefix = BACKEND_ERROR if isinstance(e, ContractError) else "DALI error: "
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(prefix + str(e)))
@@ -235,22 +251,17 @@ def _stack(samples: list[torch.Tensor]) -> torch.Tensor:
     """A request's samples as one tensor: they must have one shape (the backend would pack ragged ones silently)."""
     if len({tuple(s.shape) for s in samples}) > 1:
         raise ContractError(f"an output's samples differ in shape ({[tuple(s.shape) for s in samples]})")
-    return torch.stack(samples)
+    return samples[0][None] if len(samples) == 1 else torch.stack(samples)
 
 
-def _batch(out) -> torch.Tensor:
-    return _stack(_samples(out))
-
-
-def _samples(out) -> list[torch.Tensor]:
-    """The samples of a DALI output: on the CPU views of DALI's buffers (`_stack` copies them before the next run
-    reuses them), on the GPU copies."""
+def _samples(out, device: torch.device | None) -> list[torch.Tensor]:
+    """The samples of a DALI output, copied out of DALI's buffers (the next run reuses them)."""
     if not isinstance(out, TensorListGPU):
-        return [torch.from_numpy(np.asarray(out[i])) for i in range(len(out))]
-    stream = torch.cuda.current_stream()
+        return [torch.from_numpy(np.array(out[i])) for i in range(len(out))]
+    stream = torch.cuda.current_stream(device)
     parts = []
     for i in range(len(out)):
-        part = torch.empty(out[i].shape(), dtype=to_torch_type[out[i].dtype], device="cuda")
+        part = torch.empty(out[i].shape(), dtype=to_torch_type[out[i].dtype], device=device)
         feed_ndarray(out[i], part, cuda_stream=stream)
         parts.append(part)
     stream.synchronize()

@@ -80,9 +80,13 @@ def tree_memory_mib(pid: int) -> dict[str, float]:
 class TritonServer:
     """`with TritonServer(repo) as server:` ... `server.url` (gRPC), `server.http_url`."""
 
-    def __init__(self, repository: Path, *, args: list[str] = (), ready_timeout: float = 300.0) -> None:
+    def __init__(
+        self, repository: Path, *, args: list[str] = (), ready_timeout: float = 300.0, env: dict[str, str] | None = None
+    ) -> None:
+        """`env`: more environment for the server (e.g. CUDA_VISIBLE_DEVICES for a server of one GPU)."""
         self.repository = Path(repository).resolve()
         self.extra_args = list(args)
+        self.env = dict(env or {})
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
         self._reaper_pipe: int | None = None
@@ -120,7 +124,7 @@ class TritonServer:
 
     def start(self) -> "TritonServer":
         log = open(self.log_path, "wb")
-        env = {**os.environ, SITE_VARIABLE: site.getsitepackages()[0]}  # the stub imports from this environment
+        env = {**os.environ, SITE_VARIABLE: site.getsitepackages()[0], **self.env}  # the stub imports from here
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )

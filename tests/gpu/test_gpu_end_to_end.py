@@ -1,12 +1,14 @@
 """The end-to-end tests on a GPU (run on the GPU machine: `SEGMENT_GPU_TESTS=1 pytest tests/gpu`).
 
-NVDEC decodes H.264 and HEVC as sent, tensors stay on the GPU between models, the segmenter runs in float16.
-Tolerance against the in-process GPU reference: 0.5 % of values; float16 probabilities differ with the batch
-the server happened to form, which flips pixels within a float16 step of the threshold.
+NVDEC decodes H.264 and HEVC as sent, tensors stay on the GPU between models, the segmenter runs in float16, the
+DALI pipelines run on the executor of Triton's DALI backend (a CPU operator reading GPU data would fail here, as in
+the production server). Tolerance against the in-process GPU reference: 0.5 % of values; float16 probabilities
+differ with the batch the server happened to form, which flips pixels within a float16 step of the threshold.
 """
 
 import io
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +20,15 @@ from reference import segmented as reference  # noqa: E402
 
 from pipelines.mask import class_index
 from repo.build import build
-from repo.models import Settings, server_args
+from repo.models import Settings, server_args, tuned
 from repo.serve import TritonServer
 from stream_client.reorder import Reorderer
 from stream_client.sample import make_video
 from stream_client.segment import segment_file
 from stream_client.stream import SegmentationStream
 
-SETTINGS = Settings(
-    device="gpu", half=True, model_size=(224, 224), frames_per_chunk=16, max_batch=64, decoder_instances=4,
-    segmenter_instances=2, masker_instances=2, random_weights_seed=0,
-)  # fmt: skip
+# The GPU server as the CLI starts it (tuned), with fewer decoders: these tests are about correctness.
+SETTINGS = replace(Settings(**tuned("gpu"), device="gpu", random_weights_seed=0), decoder_instances=4)
 MAX_DIFFERENT = 5e-3
 
 
@@ -39,22 +39,29 @@ def gpu_server(tmp_path_factory):
         yield server
 
 
+def in_order(chunks, what: str) -> np.ndarray:
+    reorder = Reorderer()
+    frames = np.stack([f for c in chunks for f in reorder.push(c.first, getattr(c, what))])
+    reorder.finish()
+    return frames
+
+
 @pytest.mark.parametrize("codec,suffix", [("libx264", ".mp4"), ("libx265", ".mp4")], ids=["h264", "hevc"])
 def test_nvdec_chain_is_frame_exact_and_matches_the_gpu_reference(gpu_server, tmp_path, codec, suffix):
     data = make_video(tmp_path / f"v{suffix}", 53, width=320, height=240, codec=codec).read_bytes()
     with SegmentationStream(gpu_server.url, idle_timeout=120) as stream:
         assert stream.server_info().decoder_device == "gpu"
         stream.send("v", data, class_name="pottedplant", threshold=0.2, returns="both")
-        chunks = collect(stream, {"v"})["v"]
-    assert not isinstance(chunks, str), chunks
-    reorder = Reorderer()
-    frames = np.stack([f for c in chunks for f in reorder.push(c.first, c.frames)])
-    reorder.finish()
-    assert len(frames) == 53
-    expected = reference(data, SETTINGS, class_index("pottedplant"), 0.2)
-    assert frames.shape == expected.shape
-    assert np.mean(frames != expected) <= MAX_DIFFERENT
-    assert 0 < np.count_nonzero(frames) < frames.size
+        stream.send("m", data, class_name="pottedplant", threshold=0.2, returns="mask")
+        results = collect(stream, {"v", "m"})
+    assert not isinstance(results["v"], str), results["v"]
+    segmented, mask = reference(data, SETTINGS, class_index("pottedplant"), 0.2)
+    got = in_order(results["v"], "segmented")
+    assert got.shape == segmented.shape == (53, 360, 320)
+    assert np.mean(got != segmented) <= MAX_DIFFERENT
+    for name in ("v", "m"):
+        assert np.mean(in_order(results[name], "mask") != mask) <= MAX_DIFFERENT
+    assert 0 < mask.sum() < mask.size
 
 
 def test_nothing_is_lost_with_16_segments_in_flight(gpu_server, tmp_path):
@@ -62,7 +69,7 @@ def test_nothing_is_lost_with_16_segments_in_flight(gpu_server, tmp_path):
                         options={"g": "15", "keyint_min": "15", "bf": "2"})  # fmt: skip
     progress = io.StringIO()
     summary = segment_file(source, tmp_path / "out.mp4", gpu_server.url, threshold=0.0, window=16, max_seconds=0.5,
-                           progress_out=progress)  # fmt: skip
+                           returns="both", progress_out=progress)  # fmt: skip
     assert summary.segments >= 16 and summary.frames == 480 and summary.frames_this_run == 480
     assert "trying again" not in progress.getvalue()
     assert summary.kept_pixels > 0.1  # threshold 0: what float16 does not round to 0

@@ -1,0 +1,388 @@
+"""The benchmark of record: what the README's Performance table shows, measured in one run on the GPU machine.
+
+    bash benchmarks/gpu_device.sh record                     # on the GPU machine, after ../shared/gpu's staging
+    bash benchmarks/gpu_device.sh record --runs multi        # two GPUs (nvidia-h200-x2)
+    python benchmarks/record.py --cpu --out /tmp/record      # tiny frames on the CPU: checks the script
+
+Writes `record.json` into --out ({"gpu", "date", "commit", "runs": [...]}), adding to the runs already there. Every
+run has `frames_per_second`, `first_chunk_seconds` and `peak_gpu_memory_mib` (each GPU) where it applies:
+- peer_plain_script: `benchmarks/plain_script.py` on the 1-minute 1080p30 clip, in the same run: the bar;
+- chain_mask_10min / chain_mask_60min: one long video through the tuned GPU server, `returns=mask` (the warm-up
+  before them, chain_mask_1min, gives the first chunk on a warm server); the 60-minute run's
+  `memory_growth_from_10min` (peak GPU memory and peak server RSS, as fractions);
+- cli_segmented_1080p: `segment-video IN.mp4 --out OUT.mp4` as a user runs it (its own local server, no other
+  option) on 3 minutes of 1080p; `_url`: through --url to a running server; `_keep_all`: --threshold 0, every pixel
+  kept, so that the encoder sees whole frames (the worst case for the client);
+- stress_matrix: server configurations x client configurations, each with a deadline: completed frame-exact,
+  failed with an error, or hung;
+- multi: one_gpu_one_video, two_gpus_one_video, two_gpus_four_videos (one server over both GPUs) and
+  one_server_per_gpu_one_video (two servers, the client's --url repeated), with `returns=mask` and the CLI's own
+  output.
+"""
+
+import argparse
+import io
+import json
+import os
+import pstats
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from measure import Peaks, busy_during, dump_stacks, gpu_memory_mib, make_clip, model_stats, repeat_clip  # noqa: E402
+
+from repo.build import build  # noqa: E402
+from repo.models import Settings, server_args, tuned  # noqa: E402
+from repo.serve import TritonServer  # noqa: E402
+from stream_client import gops  # noqa: E402
+from stream_client.segment import segment_file  # noqa: E402
+from stream_client.stream import Chunk, Failed, Finished, SegmentationStream  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SEGMENT_SECONDS = 4.0  # the CLI's default
+
+
+class Bench:
+    """The inputs and the report, for the runs of one invocation."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.cpu = args, args.cpu
+        self.work = Path(tempfile.mkdtemp(prefix="record-"))
+        self.size = (48, 64) if self.cpu else (1080, 1920)  # (H, W)
+        self.rate = 10 if self.cpu else 30
+        self.model_size = (32, 32) if self.cpu else (224, 224)
+        path = args.out / "record.json"
+        self.report = json.loads(path.read_text()) if path.exists() else {"runs": []}
+        machine = {"cpus": os.cpu_count(), "gpus": 0 if self.cpu else len(gpu_memory_mib())}
+        self.report.update(gpu=_gpu_name(), date=time.strftime("%Y-%m-%d"), commit=_commit(), machine=machine)
+        self._clips: dict[str, Path] = {}
+
+    def clip(self, minutes: int, height: int | None = None, width: int | None = None, seconds: int = 60) -> Path:
+        """`minutes` of the 1-minute clip (or one clip of `seconds`), of the benchmark's frame size by default."""
+        height, width = height or self.size[0], width or self.size[1]
+        key = f"{minutes}x{seconds}s-{width}x{height}"
+        if key not in self._clips:
+            suffix, codec = (".mkv", "mjpeg") if self.cpu else (".mp4", "libx264")
+            base = self.work / f"clip-{seconds}s-{width}x{height}{suffix}"
+            if not base.exists():
+                make_clip(base, seconds * self.rate, width, height, self.rate, codec)
+            self._clips[key] = base if minutes == 1 else repeat_clip(base, minutes, self.work / f"{key}{suffix}")
+        return self._clips[key]
+
+    def settings(self, **changes) -> Settings:
+        device = "cpu" if self.cpu else "gpu"
+        base = {**tuned(device), "device": device, "model_size": self.model_size, "random_weights_seed": 0}
+        if self.cpu:
+            base |= {"frames_per_chunk": 8, "max_batch": 32}
+        return Settings(**(base | changes))
+
+    def add(self, run: dict) -> None:
+        self.report["runs"] = [r for r in self.report["runs"] if r["name"] != run["name"]] + [run]
+        (self.args.out / "record.json").write_text(json.dumps(self.report, indent=2))
+        print(json.dumps({k: v for k, v in run.items() if k != "models"}), flush=True)
+
+
+def _gpu_name() -> str:
+    try:
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                               text=True).stdout.split("\n")  # fmt: skip
+        return f"{len([n for n in names if n])}x {names[0]}"
+    except OSError:
+        return "cpu"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------- one long video through a running server
+def stream_video(url: str | list[str], source: Path, returns: str, window: int, server_pid: int | None,
+                 gpu: bool) -> dict:  # fmt: skip
+    """One video, its GOP segments `window` in flight (over the servers of `url`), chunks counted as they arrive."""
+    urls = [url] if isinstance(url, str) else url
+    events: queue.Queue = queue.Queue()
+    streams = [SegmentationStream(u, events=events, idle_timeout=300) for u in urls]
+    for s in streams:
+        s.__enter__()
+    info = streams[0].server_info()
+    height, width = _frame_size(source)
+    plan = gops.plan(source, max_seconds=SEGMENT_SECONDS,
+                     max_frames=info.max_frames(height, width, frames=returns != "mask"))  # fmt: skip
+    expected = sum(p.frames for p in plan)  # the plan covers every frame
+    received, first_chunk, in_flight = 0, None, {}
+    before = [model_stats(u) for u in urls]
+    try:
+        with Peaks(server_pid, gpu) as peaks:
+            pending = gops.segments(source, plan)
+            start = time.perf_counter()
+            while True:
+                while len(in_flight) < window and (segment := next(pending, None)) is not None:
+                    stream = streams[segment.index % len(streams)]
+                    stream.send(f"s{segment.index}", segment.data, returns=returns, size=(height, width))
+                    in_flight[f"s{segment.index}"] = segment
+                if not in_flight:
+                    break
+                event = events.get(timeout=300)
+                if isinstance(event, Failed):
+                    raise RuntimeError(f"{event.video}: {event.message}")
+                if isinstance(event, Finished):
+                    in_flight.pop(event.video)
+                elif isinstance(event, Chunk):
+                    first_chunk = first_chunk if first_chunk is not None else time.perf_counter() - start
+                    received += len(event)
+            seconds = time.perf_counter() - start
+    finally:
+        for s in streams:
+            s.__exit__(None, None, None)
+    if received != expected:
+        raise RuntimeError(f"{received} frames came back of {expected}")
+    return {"frames": received, "segments": len(plan), "window": window, "returns": returns, "seconds": seconds,
+            "frames_per_second": received / seconds, "first_chunk_seconds": first_chunk,
+            "peak_gpu_memory_mib": peaks.gpu_mib, "peak_server_rss_mib": round(peaks.rss_mib),
+            "models": [busy_during(b, model_stats(u), seconds, {}) for b, u in zip(before, urls, strict=True)],
+            }  # fmt: skip
+
+
+def _frame_size(path: Path) -> tuple[int, int]:
+    import av
+
+    with av.open(str(path)) as container:
+        context = container.streams.video[0].codec_context
+        return context.height, context.width
+
+
+def chain(bench: Bench) -> None:
+    settings = bench.settings()
+    window = 2 * settings.decoder_instances
+    repository = build(settings, bench.work / "repo-chain")
+    with TritonServer(repository, args=server_args(settings)) as server:
+        pid = server.proc.pid
+        runs = [("chain_mask_1min", 1), ("chain_mask_10min", 10)] + (
+            [("chain_mask_60min", 60)] if bench.args.long else []
+        )
+        for name, minutes in runs:
+            try:
+                result = stream_video(server.url, bench.clip(minutes), "mask", window, pid, not bench.cpu)
+            except Exception:
+                dump_stacks()
+                shutil.copy(server.log_path, bench.args.out / f"server-{name}.log")
+                raise
+            result |= {"name": name, "input_minutes": minutes, "settings": _settings(settings)}
+            if name == "chain_mask_60min":
+                ten = next(r for r in bench.report["runs"] if r["name"] == "chain_mask_10min")
+                result["memory_growth_from_10min"] = {
+                    "gpu": round(max(result["peak_gpu_memory_mib"]) / max(ten["peak_gpu_memory_mib"] or [1]) - 1, 4),
+                    "server_rss": round(result["peak_server_rss_mib"] / ten["peak_server_rss_mib"] - 1, 4),
+                }
+            bench.add(result)
+        # The CLI through --url to this running server: the client's own cost alone, profiled.
+        cli(bench, "cli_segmented_1080p_url", ["--url", server.url], profile=True)
+
+
+SETTINGS_SHOWN = ("frames_per_chunk", "max_batch", "decoder_instances", "segmenter_instances", "masker_instances",
+                  "check_instances", "cuda_pool_bytes", "half", "channels_last")  # fmt: skip
+
+
+def _settings(s: Settings) -> dict:
+    return {k: getattr(s, k) for k in SETTINGS_SHOWN}
+
+
+# ---------------------------------------------------------------- the CLI as a user runs it
+def cli(bench: Bench, name: str, extra: list[str], profile: bool = False) -> None:
+    source = bench.clip(3)
+    out = bench.work / f"{name}.mp4"
+    summary = bench.work / f"{name}.json"
+    shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
+    args = [str(source), "--out", str(out), "--summary-json", str(summary), *extra]
+    if bench.cpu and "--url" not in extra:
+        args += ["--random-weights", "0", "--model-size", "32", "32", "--frames-per-chunk", "8", "--max-batch", "32"]
+    command = [sys.executable, "-m", "stream_client", *args]
+    if profile:
+        command = [
+            sys.executable,
+            "-m",
+            "cProfile",
+            "-o",
+            str(bench.work / f"{name}.prof"),
+            "-m",
+            "stream_client",
+            *args,
+        ]
+    start = time.perf_counter()
+    with Peaks(None, not bench.cpu) as peaks:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{name}: {done.stderr[-3000:]}")
+    result = json.loads(summary.read_text())
+    written = _frames_in(out)
+    if written != result["frames"]:
+        raise RuntimeError(f"{name}: {written} frames in the output of {result['frames']}")
+    shown = " ".join(["IN.mp4", "--out", "OUT.mp4", *extra])
+    run = {"name": name, "command": f"segment-video {shown}",
+           "input": f"{bench.size[1]}x{bench.size[0]}, {result['frames']} frames", "wall_seconds": wall,
+           "frames_per_second": result["frames_per_second"], "first_chunk_seconds": result["first_chunk_seconds"],
+           "kept_pixels": result["kept_pixels"], "output_bytes": out.stat().st_size,
+           "peak_gpu_memory_mib": peaks.gpu_mib}  # fmt: skip
+    if profile:
+        text = io.StringIO()
+        pstats.Stats(str(bench.work / f"{name}.prof"), stream=text).sort_stats("cumulative").print_stats(30)
+        (bench.args.out / f"{name}_profile.txt").write_text(text.getvalue())
+        tottime = io.StringIO()
+        pstats.Stats(str(bench.work / f"{name}.prof"), stream=tottime).sort_stats("tottime").print_stats(15)
+        (bench.args.out / f"{name}_profile.txt").write_text(text.getvalue() + tottime.getvalue())
+    bench.add(run)
+
+
+def _frames_in(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for p in container.demux(container.streams.video[0]) if p.size)
+
+
+def clis(bench: Bench) -> None:
+    cli(bench, "cli_segmented_1080p", [])
+    cli(bench, "cli_segmented_1080p_keep_all", ["--threshold", "0"])
+
+
+def peer(bench: Bench) -> None:
+    if bench.cpu:
+        return
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_script.py"), str(bench.clip(1))],
+                          capture_output=True, text=True, timeout=600, check=True)  # fmt: skip
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    bench.add({"name": "peer_plain_script", **result, "first_chunk_seconds": None,
+               "input": f"{bench.size[1]}x{bench.size[0]} H.264, 1 minute"})  # fmt: skip
+
+
+# ---------------------------------------------------------------- nothing hangs
+def stress(bench: Bench) -> None:
+    """Server configurations x client configurations. Each server takes all its client runs at once; each run either
+    completes frame-exact or fails with an error before the deadline; one that does neither has hung."""
+    servers = [{"decoder_instances": 4, "check_instances": 1, "frames_per_chunk": 16},
+               {"decoder_instances": 8, "check_instances": 4},
+               {"decoder_instances": 16, "check_instances": 8}]  # fmt: skip
+    sizes = {"480p": (480, 854), "1080p": bench.size} if not bench.cpu else {"small": (32, 48), "larger": (48, 64)}
+    clients = [(w, r, s) for w in (2, 8, 32) for r in ("mask", "segmented") for s in sizes]
+    deadline = 120 if bench.cpu else 300
+    runs, rows = 0, []
+    for server_changes in servers:
+        settings = bench.settings(**server_changes)
+        repository = build(settings, bench.work / "repo-stress")
+        with TritonServer(repository, args=server_args(settings)) as server:
+
+            def run(client, url=server.url) -> str:
+                window, returns, size = client
+                source = bench.clip(1, *sizes[size], seconds=10 if not bench.cpu else 20)
+                out = bench.work / f"stress-{window}-{returns}-{size}-{time.monotonic_ns()}.mp4"
+                summary = segment_file(source, out, url, returns=returns, window=window, max_seconds=1.0,
+                                       progress_out=io.StringIO())  # fmt: skip
+                frames = sum(p.frames for p in gops.plan(source, max_seconds=None))
+                if summary.frames != frames:
+                    raise RuntimeError(f"{summary.frames} frames of {frames}")
+                return "completed"
+
+            pool = ThreadPoolExecutor(len(clients))
+            futures = {pool.submit(run, c): c for c in clients}
+            started = time.monotonic()
+            for future, client in futures.items():
+                left = max(1.0, deadline - (time.monotonic() - started))
+                try:
+                    outcome = future.result(timeout=left)
+                except TimeoutError:
+                    outcome = "hung"
+                except Exception as e:  # noqa: BLE001 - a failed run is an outcome, with its error
+                    outcome = f"failed: {str(e)[:300]}"
+                rows.append({"server": server_changes, "window": client[0], "returns": client[1], "size": client[2],
+                             "outcome": outcome})  # fmt: skip
+                runs += 1
+            if any(r["outcome"] == "hung" for r in rows[-len(clients) :]):
+                dump_stacks()
+                shutil.copy(server.log_path, bench.args.out / "server-stress-hung.log")
+            pool.shutdown(wait=False, cancel_futures=True)
+    hung = sum(r["outcome"] == "hung" for r in rows)
+    failed = sum(r["outcome"].startswith("failed") for r in rows)
+    bench.add({"name": "stress_matrix", "runs": runs, "hung": hung, "failed": failed, "deadline_seconds": deadline,
+               "rows": rows})  # fmt: skip
+
+
+# ---------------------------------------------------------------- two GPUs
+def multi(bench: Bench) -> None:
+    gpus = len(gpu_memory_mib()) if not bench.cpu else 1
+    if gpus < 2:
+        print(f"multi: {gpus} GPU here, two needed", flush=True)
+        return
+    source = bench.clip(10)
+    one = bench.settings(gpus=(0,))
+    two = bench.settings(gpus=(0, 1))
+    for name, settings, videos in [("one_gpu_one_video", one, 1), ("two_gpus_one_video", two, 1),
+                                   ("two_gpus_four_videos", two, 4)]:  # fmt: skip
+        repository = build(settings, bench.work / f"repo-{name}")
+        with TritonServer(repository, args=server_args(settings)) as server:
+            window = 2 * settings.decoder_instances * len(settings.gpus)
+            stream_video(server.url, bench.clip(1), "mask", window, server.proc.pid, True)  # warm-up
+            with ThreadPoolExecutor(videos) as pool:
+                start = time.perf_counter()
+                share = window // videos
+                futures = [pool.submit(stream_video, server.url, source, "mask", share, server.proc.pid, True)
+                           for _ in range(videos)]  # fmt: skip
+                results = [f.result() for f in futures]
+                seconds = time.perf_counter() - start
+            frames = sum(r["frames"] for r in results)
+            bench.add({"name": name, "returns": "mask", "videos": videos, "gpus": len(settings.gpus),
+                       "frames_per_second": frames / seconds, "first_chunk_seconds": results[0]["first_chunk_seconds"],
+                       "peak_gpu_memory_mib": results[0]["peak_gpu_memory_mib"], "settings": _settings(settings),
+                       "models": results[0]["models"]})  # fmt: skip
+            if videos == 1:
+                cli(bench, f"{name}_cli_segmented", ["--url", server.url])
+    # One server per GPU, the client's --url repeated.
+    servers = []
+    for gpu in (0, 1):
+        repository = build(one, bench.work / f"repo-gpu{gpu}")
+        env = {"CUDA_VISIBLE_DEVICES": str(gpu)}
+        servers.append(TritonServer(repository, args=server_args(one), env=env).start())
+    try:
+        urls = [s.url for s in servers]
+        stream_video(urls, bench.clip(1), "mask", 32, None, True)
+        result = stream_video(urls, source, "mask", 32, None, True)
+        bench.add({"name": "one_server_per_gpu_one_video", **result, "gpus": 2})
+    finally:
+        for s in servers:
+            s.stop()
+
+
+RUNS = {"peer": peer, "chain": chain, "cli": clis, "stress": stress, "multi": multi}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "record-out")))
+    parser.add_argument("--cpu", action="store_true", help="tiny frames on the CPU (checks the script)")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=["peer", "chain", "cli", "stress"])
+    parser.add_argument("--no-long", dest="long", action="store_false", help="leave out the 60-minute input")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args)
+    for name in args.runs:
+        started = time.monotonic()
+        try:
+            RUNS[name](bench)
+        except Exception as e:  # noqa: BLE001 - the other runs still count; the failure is in the report
+            bench.add({"name": f"{name}_error", "error": f"{type(e).__name__}: {e}"[-4000:]})
+        print(f"-- {name}: {time.monotonic() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
