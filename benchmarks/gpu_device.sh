@@ -3,6 +3,8 @@
 # project visible to the image's Python (and so to the Python-backend stub), then run what is asked:
 #   bash benchmarks/gpu_device.sh tests [N]        # the GPU variant of the end-to-end tests, N times in a row
 #   bash benchmarks/gpu_device.sh record [ARGS]    # benchmarks/record.py (the benchmark of record) into $OUT
+#   ONE_GPU=1 bash benchmarks/gpu_device.sh ...     # on a machine of several GPUs, as one of one GPU: GPU 0 and 16
+#                                                   # cores (the nvidia-h200 kind), into /tmp/record-1gpu
 # Everything it writes for the caller goes to $OUT (record.json, logs, the CLI's profile).
 set -euo pipefail
 # A server an earlier, killed command left (its own session) would hold the GPU and the ports.
@@ -11,7 +13,7 @@ pkill -KILL -f triton_python_backend_stub 2>/dev/null || true
 bash .gpu/bin/stage.sh >/dev/null
 bash .gpu/bin/assemble.sh
 export LD_LIBRARY_PATH=/tmp/site/nvidia_pytriton.libs:${LD_LIBRARY_PATH:-}
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 RECORD_WORK=/tmp/record-work
 site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 echo "$PWD" > "$site/segment-video-project.pth"
 python3 -m repo.stub_env --install
@@ -20,6 +22,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 [ -f export/fcn_resnet101.pt ] || python3 -m export.weights --random-seed 0 >/dev/null
 out=${OUT:-out}
 mkdir -p "$out"
+record=/tmp/record
+if [ -n "${ONE_GPU:-}" ]; then
+  export CUDA_VISIBLE_DEVICES=0
+  record=/tmp/record-1gpu
+  taskset -p -c 0-15 $$ >/dev/null  # this shell, and so all it starts
+fi
 case "${1:-tests}" in
   tests)
     for i in $(seq 1 "${2:-1}"); do
@@ -27,5 +35,5 @@ case "${1:-tests}" in
       SEGMENT_GPU_TESTS=1 timeout 400 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/gpu_tests_$i.log" | tail -15 || true
     done ;;
   # /tmp lasts while the machine is held: the runs of several calls add up there, and each call returns them all.
-  record) python3 benchmarks/record.py --out /tmp/record "${@:2}"; cp -r /tmp/record/. "$out/" ;;
+  record) python3 benchmarks/record.py --out "$record" "${@:2}"; cp -r "$record/." "$out/" ;;
 esac

@@ -57,9 +57,15 @@ def repeat_clip(clip: Path, times: int, path: Path) -> Path:
     return path
 
 
+def visible_gpus() -> list[str]:
+    """nvidia-smi's query option for the GPUs this process may use (nvidia-smi itself ignores CUDA_VISIBLE_DEVICES)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return ["-i", visible] if visible else []
+
+
 def gpu_memory_mib() -> list[int]:
-    """Memory in use on each GPU (nvidia-smi), MiB."""
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+    """Memory in use on each GPU this process may use (nvidia-smi), MiB."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", *visible_gpus()],
                          capture_output=True, text=True).stdout  # fmt: skip
     return [int(v) for v in out.split()]
 

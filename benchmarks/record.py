@@ -37,13 +37,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from measure import Peaks, busy_during, dump_stacks, gpu_memory_mib, make_clip, model_stats, repeat_clip  # noqa: E402
+from measure import (  # noqa: E402
+    Peaks,
+    busy_during,
+    dump_stacks,
+    gpu_memory_mib,
+    make_clip,
+    model_stats,
+    repeat_clip,
+    visible_gpus,
+)  # fmt: skip
 
 from repo.build import build  # noqa: E402
 from repo.models import Settings, server_args, tuned  # noqa: E402
 from repo.serve import TritonServer  # noqa: E402
 from stream_client import gops  # noqa: E402
-from stream_client.segment import segment_file  # noqa: E402
 from stream_client.stream import Chunk, Failed, Finished, SegmentationStream  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,13 +63,15 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.cpu = args, args.cpu
-        self.work = Path(tempfile.mkdtemp(prefix="record-"))
+        # RECORD_WORK: a folder kept between invocations (the GPU machine's /tmp), so that the inputs are made once.
+        self.work = Path(os.environ.get("RECORD_WORK") or tempfile.mkdtemp(prefix="record-"))
+        self.work.mkdir(parents=True, exist_ok=True)
         self.size = (48, 64) if self.cpu else (1080, 1920)  # (H, W)
         self.rate = 10 if self.cpu else 30
         self.model_size = (32, 32) if self.cpu else (224, 224)
         path = args.out / "record.json"
         self.report = json.loads(path.read_text()) if path.exists() else {"runs": []}
-        machine = {"cpus": os.cpu_count(), "gpus": 0 if self.cpu else len(gpu_memory_mib())}
+        machine = {"cpus": len(os.sched_getaffinity(0)), "gpus": 0 if self.cpu else len(gpu_memory_mib())}
         self.report.update(gpu=_gpu_name(), date=time.strftime("%Y-%m-%d"), commit=_commit(), machine=machine)
         self._clips: dict[str, Path] = {}
 
@@ -92,8 +102,8 @@ class Bench:
 
 def _gpu_name() -> str:
     try:
-        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                               text=True).stdout.split("\n")  # fmt: skip
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", *visible_gpus()],
+                               capture_output=True, text=True).stdout.split("\n")  # fmt: skip
         return f"{len([n for n in names if n])}x {names[0]}"
     except OSError:
         return "cpu"
@@ -199,49 +209,58 @@ def _settings(s: Settings) -> dict:
 
 
 # ---------------------------------------------------------------- the CLI as a user runs it
-def cli(bench: Bench, name: str, extra: list[str], profile: bool = False) -> None:
+def cli(bench: Bench, name: str, extra: list[str], profile: bool = False, copies: int = 1) -> None:
+    """`copies` CLIs at once, each on its own copy of the 3-minute clip (frames/s: all their frames over the wall
+    time)."""
     source = bench.clip(3)
-    out = bench.work / f"{name}.mp4"
-    summary = bench.work / f"{name}.json"
-    shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
-    args = [str(source), "--out", str(out), "--summary-json", str(summary), *extra]
-    if bench.cpu and "--url" not in extra:
-        args += ["--random-weights", "0", "--model-size", "32", "32", "--frames-per-chunk", "8", "--max-batch", "32"]
-    command = [sys.executable, "-m", "stream_client", *args]
-    if profile:
-        command = [
-            sys.executable,
-            "-m",
-            "cProfile",
-            "-o",
-            str(bench.work / f"{name}.prof"),
-            "-m",
-            "stream_client",
-            *args,
-        ]
+    runs = []
+    for k in range(copies):
+        out = bench.work / f"{name}-{k}.mp4"
+        shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
+        args = [str(source), "--out", str(out), "--summary-json", str(bench.work / f"{name}-{k}.json"), *extra]
+        if bench.cpu and "--url" not in extra:
+            args += [
+                "--random-weights",
+                "0",
+                "--model-size",
+                "32",
+                "32",
+                "--frames-per-chunk",
+                "8",
+                "--max-batch",
+                "32",
+            ]
+        command = [sys.executable, "-m", "stream_client", *args]
+        if profile:
+            command[1:1] = ["-m", "cProfile", "-o", str(bench.work / f"{name}.prof")]
+        runs.append((out, bench.work / f"{name}-{k}.json", command))
     start = time.perf_counter()
     with Peaks(None, not bench.cpu) as peaks:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _, _, c in runs]  # fmt: skip
+        outputs = [p.communicate(timeout=900) for p in procs]
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{name}: {done.stderr[-3000:]}")
-    result = json.loads(summary.read_text())
-    written = _frames_in(out)
-    if written != result["frames"]:
-        raise RuntimeError(f"{name}: {written} frames in the output of {result['frames']}")
+    summaries = []
+    for proc, (_, err), (out, summary, _) in zip(procs, outputs, runs, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name}: {err[-3000:]}")
+        result = json.loads(summary.read_text())
+        if _frames_in(out) != result["frames"]:
+            raise RuntimeError(f"{name}: {_frames_in(out)} frames in the output of {result['frames']}")
+        summaries.append(result)
     shown = " ".join(["IN.mp4", "--out", "OUT.mp4", *extra])
-    run = {"name": name, "command": f"segment-video {shown}",
-           "input": f"{bench.size[1]}x{bench.size[0]}, {result['frames']} frames", "wall_seconds": wall,
-           "frames_per_second": result["frames_per_second"], "first_chunk_seconds": result["first_chunk_seconds"],
-           "kept_pixels": result["kept_pixels"], "output_bytes": out.stat().st_size,
-           "peak_gpu_memory_mib": peaks.gpu_mib}  # fmt: skip
+    frames = sum(r["frames"] for r in summaries)
+    run = {"name": name, "command": f"segment-video {shown}", "copies": copies,
+           "input": f"{bench.size[1]}x{bench.size[0]}, {summaries[0]['frames']} frames", "wall_seconds": wall,
+           "frames_per_second": summaries[0]["frames_per_second"] if copies == 1 else frames / wall,
+           "first_chunk_seconds": summaries[0]["first_chunk_seconds"], "kept_pixels": summaries[0]["kept_pixels"],
+           "output_bytes": runs[0][0].stat().st_size, "peak_gpu_memory_mib": peaks.gpu_mib}  # fmt: skip
     if profile:
         text = io.StringIO()
-        pstats.Stats(str(bench.work / f"{name}.prof"), stream=text).sort_stats("cumulative").print_stats(30)
+        stats = pstats.Stats(str(bench.work / f"{name}.prof"), stream=text)
+        stats.sort_stats("cumulative").print_stats(30)
+        stats.sort_stats("tottime").print_stats(15)
         (bench.args.out / f"{name}_profile.txt").write_text(text.getvalue())
-        tottime = io.StringIO()
-        pstats.Stats(str(bench.work / f"{name}.prof"), stream=tottime).sort_stats("tottime").print_stats(15)
-        (bench.args.out / f"{name}_profile.txt").write_text(text.getvalue() + tottime.getvalue())
     bench.add(run)
 
 
@@ -286,13 +305,8 @@ def stress(bench: Bench) -> None:
             def run(client, url=server.url) -> str:
                 window, returns, size = client
                 source = bench.clip(1, *sizes[size], seconds=10 if not bench.cpu else 20)
-                out = bench.work / f"stress-{window}-{returns}-{size}-{time.monotonic_ns()}.mp4"
-                summary = segment_file(source, out, url, returns=returns, window=window, max_seconds=1.0,
-                                       progress_out=io.StringIO())  # fmt: skip
-                frames = sum(p.frames for p in gops.plan(source, max_seconds=None))
-                if summary.frames != frames:
-                    raise RuntimeError(f"{summary.frames} frames of {frames}")
-                return "completed"
+                result = stream_video(url, source, returns, window, None, False)  # raises unless frame-exact
+                return f"completed ({result['frames_per_second']:.0f} frames/s)"
 
             pool = ThreadPoolExecutor(len(clients))
             futures = {pool.submit(run, c): c for c in clients}
@@ -325,39 +339,42 @@ def multi(bench: Bench) -> None:
         print(f"multi: {gpus} GPU here, two needed", flush=True)
         return
     source = bench.clip(10)
-    one = bench.settings(gpus=(0,))
-    two = bench.settings(gpus=(0, 1))
-    for name, settings, videos in [("one_gpu_one_video", one, 1), ("two_gpus_one_video", two, 1),
-                                   ("two_gpus_four_videos", two, 4)]:  # fmt: skip
-        repository = build(settings, bench.work / f"repo-{name}")
+    one, two = bench.settings(gpus=(0,)), bench.settings(gpus=(0, 1))
+    for settings, runs in [
+        (one, [("one_gpu_one_video", 1)]),
+        (two, [("two_gpus_one_video", 1), ("two_gpus_four_videos", 4)]),
+    ]:
+        repository = build(settings, bench.work / f"repo-{len(settings.gpus)}-gpus")
         with TritonServer(repository, args=server_args(settings)) as server:
             window = 2 * settings.decoder_instances * len(settings.gpus)
             stream_video(server.url, bench.clip(1), "mask", window, server.proc.pid, True)  # warm-up
-            with ThreadPoolExecutor(videos) as pool:
-                start = time.perf_counter()
-                share = window // videos
-                futures = [pool.submit(stream_video, server.url, source, "mask", share, server.proc.pid, True)
-                           for _ in range(videos)]  # fmt: skip
-                results = [f.result() for f in futures]
-                seconds = time.perf_counter() - start
-            frames = sum(r["frames"] for r in results)
-            bench.add({"name": name, "returns": "mask", "videos": videos, "gpus": len(settings.gpus),
-                       "frames_per_second": frames / seconds, "first_chunk_seconds": results[0]["first_chunk_seconds"],
-                       "peak_gpu_memory_mib": results[0]["peak_gpu_memory_mib"], "settings": _settings(settings),
-                       "models": results[0]["models"]})  # fmt: skip
-            if videos == 1:
-                cli(bench, f"{name}_cli_segmented", ["--url", server.url])
+            for name, videos in runs:
+                with ThreadPoolExecutor(videos) as pool:
+                    start = time.perf_counter()
+                    share = window // videos
+                    pid = server.proc.pid
+                    futures = [pool.submit(stream_video, server.url, source, "mask", share, pid, True)
+                               for _ in range(videos)]  # fmt: skip
+                    results = [f.result() for f in futures]
+                    seconds = time.perf_counter() - start
+                frames = sum(r["frames"] for r in results)
+                bench.add({"name": name, "returns": "mask", "videos": videos, "gpus": len(settings.gpus),
+                           "frames_per_second": frames / seconds, "first_chunk_seconds": results[0]["first_chunk_seconds"],
+                           "peak_gpu_memory_mib": results[0]["peak_gpu_memory_mib"], "settings": _settings(settings),
+                           "models": results[0]["models"]})  # fmt: skip
+                cli(bench, f"{name}_cli_segmented", ["--url", server.url], copies=videos)
     # One server per GPU, the client's --url repeated.
-    servers = []
-    for gpu in (0, 1):
-        repository = build(one, bench.work / f"repo-gpu{gpu}")
-        env = {"CUDA_VISIBLE_DEVICES": str(gpu)}
-        servers.append(TritonServer(repository, args=server_args(one), env=env).start())
+    servers = [TritonServer(build(one, bench.work / f"repo-gpu{gpu}"), args=server_args(one),
+                            env={"CUDA_VISIBLE_DEVICES": str(gpu)}) for gpu in (0, 1)]  # fmt: skip
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(TritonServer.start, servers))
     try:
         urls = [s.url for s in servers]
         stream_video(urls, bench.clip(1), "mask", 32, None, True)
-        result = stream_video(urls, source, "mask", 32, None, True)
-        bench.add({"name": "one_server_per_gpu_one_video", **result, "gpus": 2})
+        bench.add({"name": "one_server_per_gpu_one_video", **stream_video(urls, source, "mask", 32, None, True),
+                   "gpus": 2})  # fmt: skip
+        args = [a for url in urls for a in ("--url", url)]
+        cli(bench, "one_server_per_gpu_one_video_cli_segmented", args)
     finally:
         for s in servers:
             s.stop()

@@ -111,7 +111,8 @@ def settings_parser(device: str = "cpu") -> argparse.ArgumentParser:
     g.add_argument("--half", action=argparse.BooleanOptionalAction, help="float16 model input and segmenter (GPU)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="the segmenter's memory format")
     g.add_argument("--max-batch", type=int, help="frames per batch of the segmenter and the maskers")
-    g.add_argument("--gpus", type=int, nargs="+", default=defaults.gpus)
+    g.add_argument("--gpus", nargs="+", help="GPU devices, or `all`: every GPU the server sees (default: 0; the "
+                   "CLI's local server: all)")  # fmt: skip
     g.add_argument("--decoder-instances", type=int, help="videos decoded at once, per GPU")
     g.add_argument("--check-instances", type=int)
     g.add_argument("--segmenter-instances", type=int)
@@ -141,7 +142,9 @@ def settings_from(args: argparse.Namespace) -> models.Settings:
         device = "gpu" if torch.cuda.is_available() else "cpu"
     given = {f.name: getattr(args, f.name) for f in fields(models.Settings) if getattr(args, f.name, None) is not None}
     values = {**models.tuned(device), **given, "device": device}
-    for name in ("model_size", "gpus", "max_frame_size"):
+    if "gpus" in values:
+        values["gpus"] = () if values["gpus"] == ["all"] else tuple(int(g) for g in values["gpus"])
+    for name in ("model_size", "max_frame_size"):
         values[name] = tuple(values[name])
     return models.Settings(**values)
 

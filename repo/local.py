@@ -25,9 +25,18 @@ def options() -> argparse.ArgumentParser:
 @contextmanager
 def local_server(args: argparse.Namespace, workdir: Path, log: TextIO = sys.stderr) -> Iterator[str]:
     """Start the server for `args` (the options of `options()`), yield its gRPC address, stop it."""
+    if args.gpus is None:
+        args.gpus = ["all"]  # a local server uses every GPU of the machine
     settings = settings_from(args)
+    gpu_count = _gpu_count() if settings.device == "gpu" else 0
     repository = build(settings, workdir / "repo", args.weights)
-    server = TritonServer(repository, args=server_args(settings), ready_timeout=READY_TIMEOUT_S)
+    server = TritonServer(repository, args=server_args(settings, gpu_count), ready_timeout=READY_TIMEOUT_S)
     print(f"starting a local tritonserver on the {settings.device} (log: {server.log_path}) ...", file=log)
     with server:
         yield server.url
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()

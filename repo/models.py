@@ -46,7 +46,7 @@ class Settings:
     half: bool = False  # float16 model input and segmenter (GPU)
     channels_last: bool = False  # the segmenter's memory format (GPU)
     max_batch: int = 64  # frames per batch of the segmenter and the maskers, in whole chunks
-    gpus: tuple[int, ...] = (0,)  # GPU devices; every instance count below is per GPU
+    gpus: tuple[int, ...] = (0,)  # GPU devices, () for every GPU the server sees; instance counts are per GPU
     decoder_instances: int = 2  # videos decoded at once (per GPU and per decoder model)
     check_instances: int = 1
     segmenter_instances: int = 1
@@ -72,8 +72,8 @@ class Settings:
         if min(self.max_video_bytes, self.max_video_frames, *self.max_frame_size) < 1:
             raise ValueError("the request limits (max_video_*, max_frame_size) must be positive")
         counts = (self.decoder_instances, self.check_instances, self.segmenter_instances, self.masker_instances)
-        if min(counts) < 1 or not self.gpus:
-            raise ValueError("every instance count must be at least 1, and gpus must name a GPU")
+        if min(counts) < 1:
+            raise ValueError("every instance count must be at least 1")
 
     @property
     def model_dtype(self) -> int:
@@ -91,8 +91,8 @@ class Settings:
 
 
 # What a GPU server runs best with, where the options do not say otherwise (measured on an H200: README).
-GPU_TUNED = {"half": True, "channels_last": True, "frames_per_chunk": 32, "max_batch": 128, "decoder_instances": 8,
-             "cuda_pool_bytes": 16 << 30}  # fmt: skip
+GPU_TUNED = {"half": True, "channels_last": True, "frames_per_chunk": 32, "max_batch": 128, "decoder_instances": 16,
+             "check_instances": 2, "cuda_pool_bytes": 16 << 30}  # fmt: skip
 
 
 def tuned(device: str) -> dict[str, object]:
@@ -131,7 +131,7 @@ def _out(name: str, dtype: int, dims: list[int]) -> mc.ModelOutput:
 
 
 def _instances(s: Settings, count: int, on_gpu: bool) -> list[mc.ModelInstanceGroup]:
-    if s.device == "gpu" and on_gpu:
+    if s.device == "gpu" and on_gpu:  # without a list of GPUs, Triton places `count` on every GPU it sees
         return [mc.ModelInstanceGroup(count=count, kind=mc.ModelInstanceGroup.KIND_GPU, gpus=list(s.gpus))]
     return [mc.ModelInstanceGroup(count=count, kind=mc.ModelInstanceGroup.KIND_CPU)]
 
@@ -308,8 +308,9 @@ def configs(s: Settings) -> dict[str, mc.ModelConfig]:
     }
 
 
-def server_args(s: Settings) -> list[str]:
-    """tritonserver options that go with these settings."""
+def server_args(s: Settings, gpu_count: int | None = None) -> list[str]:
+    """tritonserver options that go with these settings (`gpu_count`: how many GPUs the server sees, when `gpus` is
+    () for all of them)."""
     # The Python backend's shared memory: one region per model instance, made big enough at the start not to grow
     # under load (growing it while many threads send was seen to break the stub: boost lock_exception).
     args = [
@@ -319,5 +320,6 @@ def server_args(s: Settings) -> list[str]:
     if s.device == "gpu":
         # GPU tensors between the models pass through this pool (64 MiB by default, too small); what does not fit
         # falls back to pinned host memory (slower). In flight per GPU: each decoder's run-ahead, up to a request.
-        args += [f"--cuda-memory-pool-byte-size={gpu}:{s.cuda_pool_bytes}" for gpu in s.gpus]
+        gpus = s.gpus or range(gpu_count or 1)
+        args += [f"--cuda-memory-pool-byte-size={gpu}:{s.cuda_pool_bytes}" for gpu in gpus]
     return args

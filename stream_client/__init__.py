@@ -1,5 +1,15 @@
-"""The client: stream videos to the `segment_video` model over gRPC and put the segmented frames back in order.
+"""The client: stream videos to a Triton server of this project over gRPC and get their segmentation back.
 
-`stream` (one gRPC stream, videos in, chunk events out), `reorder` (frames back in order by index), `videos`
-(PyAV: read, re-encode for CPU servers, write), `segment` (the whole job for one file), `cli` (the command).
+It installs without the server (`pip install triton-video-segmentation`: tritonclient, PyAV, numpy) and meets the
+server only at `protocol`, the wire protocol both sides import. Modules: `stream` (one gRPC stream: videos in, chunk
+events out), `segment` (the whole job for one file of any length: segments, windows over servers, resume),
+`encoders` and `output` (the output files, written in parallel), `gops` (cutting at safe keyframes), `probe`,
+`videos` (PyAV), `access` (TLS, access keys), `cli` (the `segment-video` command).
+
+    from stream_client.stream import Chunk, Failed, Finished, SegmentationStream
+
+    with SegmentationStream("triton.example:8001") as stream:
+        stream.send("clip", open("clip.mp4", "rb").read(), class_name="person", returns="both")
+        while not isinstance(event := stream.next_event(), (Finished, Failed)):
+            print(event.first, event.frames.shape, event.mask.mean())  # frames first..first+len: RGB, the mask
 """

@@ -75,8 +75,8 @@ def client_parser() -> argparse.ArgumentParser:
     long.add_argument(
         "--window",
         type=int,
-        default=8,
-        help="segments in flight at once, each with its own encoder (default 8)",
+        default=16,
+        help="segments in flight at once; their encoders run in parallel, a process per core (default 16)",
     )
     long.add_argument("--retries", type=int, default=1, help="times a segment the server rejected is sent again")
     long.add_argument(

@@ -6,22 +6,16 @@ grayscale video at the model's size, shown at the source's aspect ratio). `playl
 the finished segments in order as soon as all before them are done, so a player (ffplay, VLC, Safari, hls.js) can
 open them mid-run. At the end the segments are remuxed into one MP4 each.
 
-Every segment is encoded on a thread of its own (`VideoWriter`): the encoders of the segments in flight run in
-parallel, on as many cores as the window allows. One thread per encoder keeps its bytes the same for the same frames,
-so that a resumed run equals an uninterrupted one.
+The segments are encoded in parallel, each by a worker process of `encoders`.
 """
 
 import math
 import os
-import queue
-import threading
-from concurrent.futures import Future
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 
 PLAYLIST = "playlist.m3u8"
 MATTE_PLAYLIST = "matte.m3u8"
@@ -33,7 +27,7 @@ PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "sl
 class Encoding:
     """How the output is encoded: x264's preset (speed against size) and constant rate factor (quality)."""
 
-    preset: str = "superfast"
+    preset: str = "ultrafast"  # the encoder is the client's largest cost: the fastest, at a larger file
     crf: int = 18
 
     def __post_init__(self) -> None:
@@ -53,11 +47,9 @@ def matte_path(out: Path) -> Path:
 
 
 class VideoWriter:
-    """Encodes one segment's frames into MPEG-TS with their source timestamps, on a thread of its own.
-
-    `write(frame, pts)` queues a frame: NV12 (3 H/2, W) uint8, or with `matte` a mask (H, W) of 0/1; `close(...)`
-    returns a future of the segment's duration, done once the file is complete (with the source's audio of its span,
-    if `audio_from` is given). A matte is shown at `display_aspect` (the source's width / height)."""
+    """Encodes one segment's pictures into MPEG-TS with their source timestamps; at `close`, copies in the source's
+    audio of the segment's span (when `audio_from` is given). A matte is shown at `display_aspect` (the source's
+    width / height) however few its pixels. One encoder thread: the same frames always give the same bytes."""
 
     def __init__(
         self,
@@ -67,32 +59,28 @@ class VideoWriter:
         rate: Fraction | None,
         encoding: Encoding,
         *,
+        pix_fmt: str = "yuv420p",
         audio_from: Path | None = None,
-        matte: bool = False,
         display_aspect: Fraction | None = None,
     ) -> None:
-        self.path, self.time_base, self.matte = path, time_base, matte
+        self.path, self.time_base = path, time_base
         self._partial = path.with_name(path.name + ".partial")
         self.container = av.open(str(self._partial), "w", format="mpegts")
         self.video = self.container.add_stream("libx264", rate=Fraction(rate or 30))
         self.video.height, self.video.width = size
-        self.video.pix_fmt = "yuv420p"
+        self.video.pix_fmt = pix_fmt
         self.video.codec_context.time_base = time_base
-        if display_aspect is not None:  # the matte: few pixels, shown at the source's shape
+        if display_aspect is not None:
             self.video.codec_context.sample_aspect_ratio = display_aspect * Fraction(size[0], size[1])
-        # One thread: the same frames always give the same bytes. No B-frames: decode order is display order, so the
-        # segments' timestamps join up in the final MP4.
+        # One thread: the same frames always give the same bytes, so a resumed run equals an uninterrupted one.
+        # No B-frames: decode order is display order, so the segments' timestamps join up in the final MP4.
         options = {"crf": str(encoding.crf), "preset": encoding.preset, "threads": "1", "bf": "0"}
         self.video.codec_context.options = options
-        self.audio_in, self.audio = self._audio_stream(audio_from)
         self.source = audio_from
-        self.count = 0  # frames written so far (queued)
+        self.audio_in, self.audio = self._audio_stream(audio_from)
+        self.count = 0
         self.first_pts: int | None = None
         self.last_pts: int | None = None
-        self._queue: queue.Queue = queue.Queue()
-        self._done: Future = Future()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"encode {path.name}")
-        self._thread.start()
 
     def _audio_stream(self, source: Path | None):
         if source is None:
@@ -105,52 +93,28 @@ class VideoWriter:
                 return None, None  # MPEG-TS cannot carry it (the README says which codecs are kept)
             return audio.index, self.container.add_stream_from_template(audio)
 
-    def write(self, frame: np.ndarray, pts: int) -> None:
+    def write(self, picture: av.VideoFrame, pts: int) -> None:
+        picture.pts, picture.time_base = pts, self.time_base
+        self.container.mux(self.video.encode(picture))
         self.first_pts = pts if self.first_pts is None else self.first_pts
         self.last_pts = pts
         self.count += 1
-        self._queue.put(("frame", frame, pts))
 
-    def close(self, audio_from: float | None, audio_until: float | None, frame_duration: float) -> Future:
-        """Finish the file, with the source's audio in [audio_from, audio_until) s (None: open); a future of its
-        duration (s)."""
-        duration = 0.0
-        if self.first_pts is not None:
-            duration = float((self.last_pts - self.first_pts) * self.time_base) + frame_duration
-        self._queue.put(("close", audio_from, audio_until, duration))
-        return self._done
+    def close(self, audio_from: float | None, audio_until: float | None, frame_duration: float) -> float:
+        """Finish the file, with the source's audio in [audio_from, audio_until) s (None: open); its duration (s)."""
+        self.container.mux(self.video.encode())
+        if self.audio is not None:
+            self._copy_audio(audio_from, audio_until)
+        self.container.close()
+        os.replace(self._partial, self.path)
+        if self.first_pts is None:
+            return 0.0
+        return float((self.last_pts - self.first_pts) * self.time_base) + frame_duration
 
     def abandon(self) -> None:
         """Drop what was written (the segment will be sent again)."""
-        self._queue.put(("abandon",))
-        self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            while True:
-                item = self._queue.get()
-                if item[0] == "abandon":
-                    self.container.close()
-                    self._partial.unlink(missing_ok=True)
-                    return
-                if item[0] == "close":
-                    _, start, until, duration = item
-                    self.container.mux(self.video.encode())
-                    if self.audio is not None:
-                        self._copy_audio(start, until)
-                    self.container.close()
-                    os.replace(self._partial, self.path)
-                    self._done.set_result(duration)
-                    return
-                _, frame, pts = item
-                if self.matte:
-                    picture = av.VideoFrame.from_ndarray(frame * np.uint8(255), format="gray")
-                else:
-                    picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="nv12")
-                picture.pts, picture.time_base = pts, self.time_base
-                self.container.mux(self.video.encode(picture))
-        except Exception as e:  # noqa: BLE001 - reaches the run through the future
-            self._done.set_exception(e)
+        self.container.close()
+        self._partial.unlink(missing_ok=True)
 
     def _copy_audio(self, start: float | None, until: float | None) -> None:
         with av.open(str(self.source)) as source:

@@ -3,9 +3,10 @@
 1. Plan: cut the file at safe keyframes into segments that decode on their own (`gops`, no re-encoding).
 2. Send each segment as one request, at most `window` in flight, spread over the servers' streams; a segment
    that a server rejects is retried, and re-encoded first for a server whose decoder cannot read its codec.
-3. As a segment's chunks arrive, hand its frames to its own encoders (the segmented video, the matte), which run in
-   parallel with those of the other segments in flight; when they are done, record the segment in the manifest
-   and extend the playlists (the run can be watched while it goes: `output`).
+3. The server sends back the class mask of each frame; as a segment's chunks arrive, hand them to the segment's
+   encoder (`encoders`: worker processes that decode the segment here, keep the class's pixels and encode the
+   segmented video and the matte, in parallel with the other segments in flight); when its files are done, record
+   the segment in the manifest and extend the playlists (the run can be watched while it goes: `output`).
 4. At the end, remux the segments into one MP4 per video written. With `resume`, finished segments are kept.
 
 Memory stays bounded whatever the length: the client holds the segments in flight and their chunks, the server
@@ -13,13 +14,13 @@ the chunks of the segments in flight.
 """
 
 import contextlib
+import os
 import queue
 import shutil
 import sys
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -28,12 +29,13 @@ from typing import TextIO
 import av
 import numpy as np
 
-from stream_client import gops, output, protocol, videos
+from stream_client import gops, output, videos
 from stream_client.access import Tls
+from stream_client.encoders import Encoders, SegmentJob, Written
 from stream_client.manifest import Manifest
 from stream_client.probe import probe
 from stream_client.reorder import Reorderer
-from stream_client.stream import Chunk, Event, Failed, Finished, SegmentationStream, StreamError
+from stream_client.stream import Event, Failed, Finished, SegmentationStream, StreamError
 
 RETURNS = ("segmented", "mask", "both")  # what a run writes: the segmented video, the matte, or both
 
@@ -118,30 +120,15 @@ def source_timestamps(path: Path) -> tuple[Fraction, array]:
 
 
 @dataclass
-class Written:
-    """Event: a segment's files are complete (`durations` by kind), or failed to write (`error`)."""
-
-    index: int
-    duration: float | None = None
-    error: BaseException | None = None
-
-
-@dataclass
 class InFlight:
-    """A segment on its way: where it was sent, its frames so far, its output files."""
+    """A segment on its way: where it was sent, its masks so far."""
 
     segment: gops.Segment
     stream: SegmentationStream
-    writers: dict[str, output.VideoWriter]  # by kind: "segment" (segmented frames), "matte"
     pts: list[int]  # its frames' timestamps in display order
     reorder: Reorderer = field(default_factory=Reorderer)
-    originals: Iterator[np.ndarray] | None = None
     attempts: int = 1
     frames: int = 0
-
-    def abandon(self) -> None:
-        for writer in self.writers.values():
-            writer.abandon()
 
 
 def segment_file(
@@ -158,6 +145,7 @@ def segment_file(
     resume: bool = False,
     retries: int = 1,
     encoding: output.Encoding | None = None,
+    encoders: int | None = None,
     dump_images: Path | None = None,
     progress_out: TextIO | None = None,
     tls: Tls | None = None,
@@ -168,15 +156,14 @@ def segment_file(
     through the servers at `urls`; the parts folder beside it grows meanwhile.
 
     `progress_out`: where the per-chunk lines go (default: standard error). `tls` and `headers` (an access key):
-    for every server's stream, see `stream_client.access`. `on_start(progress, plan, parts)`: called once the run
-    is planned (the preview listens to the progress from there)."""
+    for every server's stream, see `stream_client.access`. `encoders`: worker processes (default: one per core, at
+    most `window`). `on_start(progress, plan, parts)`: called once the run is planned (the preview listens to the
+    progress from there)."""
     source, out = Path(source), Path(out)
     encoding = encoding or output.Encoding()
     if returns not in RETURNS:
         raise SegmentError(f"returns must be one of {', '.join(RETURNS)}, not {returns!r}")
     kinds = {"segmented": ("segment",), "mask": ("matte",), "both": ("segment", "matte")}[returns]
-    # The mask comes along with the frames (2 % of their bytes): the share of the class's pixels, per chunk.
-    asked = "mask" if returns == "mask" else "both"
     urls = [urls] if isinstance(urls, str) else list(urls)
     progress_out = progress_out or sys.stderr
     try:
@@ -198,11 +185,13 @@ def segment_file(
         ]
         infos = {s.url: s.server_info() for s in streams}
         # No longer than every server takes: a request's frames must fit its share of the server's memory.
-        max_frames = min(i.max_frames(found.height, found.width, frames=returns != "mask") for i in infos.values())
+        max_frames = min(i.max_frames(found.height, found.width, frames=False) for i in infos.values())
         plan = gops.plan(source, max_seconds=max_seconds, max_bytes=max_bytes, max_frames=max_frames)
         manifest = _prepare_parts(parts, Manifest.new(source, options, plan), resume)
         if dump_images:
             dump_images.mkdir(parents=True, exist_ok=True)
+        workers = encoders or min(window, os.cpu_count() or 1)
+        pool = stack.enter_context(Encoders(workers, events))
 
         todo = [p for p in plan if p.index not in manifest.done]
         progress = Progress(found.packets, sum(p.frames for p in plan if p.index in manifest.done), progress_out)
@@ -210,7 +199,7 @@ def segment_file(
             on_start(progress, plan, parts)
         pending = gops.segments(source, todo)
         in_flight: dict[str, InFlight] = {}
-        writing: dict[int, InFlight] = {}
+        writing: set[int] = set()
         reencoded = None
         first_chunk = None
         kept = total = 0
@@ -231,34 +220,24 @@ def segment_file(
                         file=progress_out,
                     )
                 reencoded = videos.CPU_CODEC
-            state.stream.send(request_id(state), data, class_name=class_name, threshold=threshold, returns=asked,
+            # The mask alone comes back: the client has the frames (it sent them) and keeps the pixels itself.
+            state.stream.send(request_id(state), data, class_name=class_name, threshold=threshold, returns="mask",
                               size=(found.height, found.width))  # fmt: skip
-
-        def writers(index: int) -> dict[str, output.VideoWriter]:
-            made = {}
-            if "segment" in kinds:
-                made["segment"] = output.VideoWriter(
-                    parts / output.segment_name(index), protocol.padded_size(found.height, found.width), time_base,
-                    found.rate, encoding, audio_from=source,
-                )  # fmt: skip
-            if "matte" in kinds:
-                made["matte"] = output.VideoWriter(
-                    parts / output.segment_name(index, "matte"), model_size, time_base, found.rate, encoding,
-                    matte=True, display_aspect=Fraction(found.width, found.height),
-                )  # fmt: skip
-            return made
 
         def launch(segment: gops.Segment, attempts: int = 1) -> None:
             stream = min(streams, key=lambda s: sum(f.stream is s for f in in_flight.values()))
             part = plan[segment.index]
             pts = sorted(packet_pts[part.first_packet : part.end_packet])
-            originals = videos.frames(segment.data) if dump_images else None
-            state = InFlight(segment, stream, writers(segment.index), pts, originals=originals, attempts=attempts)
+            state = InFlight(segment, stream, pts, attempts=attempts)
             in_flight[request_id(state)] = state
+            pool.start(SegmentJob(
+                segment.index, segment.data, pts, segment.first_frame, (found.height, found.width), model_size,
+                time_base, found.rate, kinds, parts, source, encoding, dump_images,
+            ))  # fmt: skip
             send(state)
 
         def finish(state: InFlight) -> None:
-            """The segment's chunks are all here: close its encoders (they finish on their own threads)."""
+            """The segment's masks are all here: its encoder finishes the files on its own."""
             state.reorder.finish()
             index = state.segment.index
             if state.frames != state.segment.frames:
@@ -267,12 +246,11 @@ def segment_file(
             # encoder's priming packet) non-negative, and the frames would lose their timestamps.
             audio_from = 0.0 if index == 0 else plan[index].start_pts
             audio_until = plan[index + 1].start_pts if index + 1 < len(plan) else None
-            futures = [w.close(audio_from, audio_until, frame_duration) for w in state.writers.values()]
-            writing[index] = state
-            _when_all(futures, lambda duration, error: events.put(Written(index, duration, error)))
+            pool.finish(index, audio_from, audio_until, frame_duration)
+            writing.add(index)
 
         def written(event: Written) -> None:
-            writing.pop(event.index)
+            writing.discard(event.index)
             if event.error is not None:
                 raise SegmentError(f"segment {event.index} could not be written: {event.error}")
             manifest.done[event.index] = event.duration
@@ -300,7 +278,7 @@ def segment_file(
                     )
                 print(f"segment {state.segment.index} failed ({event.message}): trying again", file=progress_out)
                 progress.undo(state.frames)
-                state.abandon()
+                pool.abandon(state.segment.index)
                 launch(state.segment, state.attempts + 1)
                 continue
             state = in_flight[event.video]
@@ -311,7 +289,10 @@ def segment_file(
             share = float(event.mask.mean())
             kept += share * len(event)
             total += len(event)
-            _write(state, event, dump_images)
+            ready = state.reorder.push(event.first, event.mask)
+            if ready:
+                pool.masks(state.segment.index, np.stack(ready))
+                state.frames += len(ready)
             progress.chunk(state.segment.index, state.segment.first_frame + event.first, len(event), kept=share,
                            pts=state.pts[event.first], time_base=time_base, server=state.stream.url)  # fmt: skip
     seconds = time.monotonic() - start
@@ -326,48 +307,11 @@ def segment_file(
     )  # fmt: skip
 
 
-def _write(state: InFlight, chunk: Chunk, dump_images: Path | None) -> None:
-    """A chunk's frames, in order, to the segment's encoders (and as images)."""
-    for frame in state.reorder.push(chunk.first, _frames(chunk)):
-        segmented, mask = frame
-        k = state.frames
-        if "segment" in state.writers:
-            state.writers["segment"].write(segmented, state.pts[k])
-        if "matte" in state.writers:
-            state.writers["matte"].write(mask, state.pts[k])
-        if state.originals is not None:
-            n = state.segment.first_frame + k
-            videos.save_image(dump_images / f"original_{n:06d}.png", next(state.originals))
-            if segmented is not None:
-                height, width = chunk.size
-                videos.save_image(dump_images / f"segmented_{n:06d}.png", videos.nv12_to_rgb(segmented, height, width))
-        state.frames += 1
-
-
-def _frames(chunk: Chunk) -> list[tuple[np.ndarray | None, np.ndarray]]:
-    segmented = chunk.segmented if chunk.segmented is not None else [None] * len(chunk)
-    return list(zip(segmented, chunk.mask, strict=True))
-
-
 def _next(stream: SegmentationStream, events: queue.Queue, idle: bool) -> Event | Written:
     """The next event; when nothing is in flight, only the encoders are awaited (no server idle time applies)."""
     if idle:
         return events.get()
     return stream.next_event()  # all streams share one queue
-
-
-def _when_all(futures: list[Future], then: Callable[[float | None, BaseException | None], None]) -> None:
-    """Call `then(duration, error)` once every future is done (the duration of the first)."""
-    left = [len(futures)]
-
-    def done(_: Future) -> None:
-        left[0] -= 1
-        if left[0] == 0:
-            errors = [f.exception() for f in futures if f.exception() is not None]
-            then(None if errors else futures[0].result(), errors[0] if errors else None)
-
-    for future in futures:
-        future.add_done_callback(done)
 
 
 def _playlists(kinds: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -38,6 +38,46 @@ def reencode_for_cpu(source: Path | bytes, rate: Fraction | None) -> bytes:
     return out.getvalue()
 
 
+def keep_class(frame: av.VideoFrame, mask: np.ndarray) -> av.VideoFrame:
+    """The frame with only the pixels its class mask keeps, others black: yuv420p (limited range, as the server writes
+    and encoders expect) of its size rounded up to even (odd sizes get a black row or column, as on the server). The
+    mask (h, w) of 0/1, at the model's size, is scaled to the frame with nearest-neighbour sampling, as the server's
+    masker scales it; the chroma of a 2x2 block is kept where the half-size mask keeps it."""
+    height, width = frame.height, frame.width
+    even = (height + height % 2, width + width % 2)
+    if (height, width) != even:
+        padded = np.zeros((*even, 3), np.uint8)
+        padded[:height, :width] = frame.to_ndarray(format="rgb24")
+        frame = av.VideoFrame.from_ndarray(padded, format="rgb24")
+    if frame.format.name != "yuv420p" or frame.color_range == 2:  # another layout, or JPEG's full range
+        frame = frame.reformat(format="yuv420p", src_color_range=frame.color_range or None, dst_color_range="MPEG",
+                               threads=1)  # fmt: skip
+    # Written into a new frame: a decoder's frame may be a reference for the next ones.
+    picture = av.VideoFrame(even[1], even[0], "yuv420p")
+    keep, half = _scaled(mask, height, width), _scaled(mask, even[0] // 2, even[1] // 2)
+    if (height, width) != even:
+        keep = np.pad(keep, ((0, even[0] - height), (0, even[1] - width)))
+    for plane, (rows, columns), black, where in zip(
+        range(3), [even, *[(even[0] // 2, even[1] // 2)] * 2], (16, 128, 128), (keep, half, half), strict=True
+    ):
+        out = _plane(picture.planes[plane], rows, columns)
+        out.fill(black)
+        np.copyto(out, _plane(frame.planes[plane], rows, columns), where=where.view(bool))
+    return picture
+
+
+def _plane(plane, rows: int, width: int) -> np.ndarray:
+    """A writable view of a plane's pixels (its rows are `line_size` bytes long)."""
+    return np.frombuffer(plane, np.uint8).reshape(rows, plane.line_size)[:, :width]
+
+
+def _scaled(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A 0/1 mask scaled with nearest-neighbour sampling (FFmpeg's swscale, point sampling)."""
+    small = av.VideoFrame.from_ndarray(np.ascontiguousarray(mask, np.uint8), format="gray")
+    big = small.reformat(width=width, height=height, interpolation="POINT", threads=1)
+    return np.frombuffer(big.planes[0], np.uint8).reshape(height, big.planes[0].line_size)[:, :width]
+
+
 def nv12_frame(nv12: np.ndarray) -> av.VideoFrame:
     """A frame of the server's SEGMENTED output, (3 H'/2, W') NV12, as a PyAV frame (what an encoder takes)."""
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(nv12), format="nv12")

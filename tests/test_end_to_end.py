@@ -5,9 +5,11 @@ probabilities may differ in the last float bits; a pixel whose probability is th
 flip. At most 0.1 % of the values may differ, and every frame must match the reference to that tolerance.
 """
 
+import io
 import re
 import urllib.request
 
+import av
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -21,6 +23,7 @@ from repo import models
 from stream_client import protocol
 from stream_client.reorder import Reorderer
 from stream_client.videos import frames as pyav_frames
+from stream_client.videos import keep_class
 
 MAX_DIFFERENT = 1e-3
 
@@ -159,3 +162,20 @@ def test_a_dali_model_refuses_a_request_for_fewer_than_all_its_outputs_as_triton
             client.infer(models.MASKER, inputs, outputs=[grpcclient.InferRequestedOutput("MASK")])
         both = client.infer(models.MASKER, inputs)  # all of them (none asked: Triton asks for all)
         assert both.as_numpy("SEGMENTED").shape == (1, 2, 72, 64) and both.as_numpy("MASK").all()
+
+
+def test_the_client_keeps_the_same_pixels_from_the_mask_as_the_server_from_its_frames(stream, video):
+    """The CLI asks for the mask only and keeps the class's pixels of its own frames (`videos.keep_class`): the
+    same picture as the server's SEGMENTED, up to rounding and the odd pixel on a mask's edge."""
+    data = video(16, width=64, height=48, **CPU_VIDEO)
+    stream.send("v", data, class_name="pottedplant", threshold=0.2, returns="both")
+    chunks = collect(stream, {"v"})["v"]
+    server, masks = in_order(chunks), in_order(chunks, "mask")
+    with av.open(io.BytesIO(data)) as container:
+        client = np.stack(
+            [keep_class(f, m).to_ndarray() for f, m in zip(container.decode(video=0), masks, strict=True)]
+        )
+    assert client.shape == server.shape
+    luma = np.abs(client[:, :48].astype(int) - server[:, :48])
+    assert np.mean(luma > 2) < 0.01, np.mean(luma > 2)
+    assert 0 < masks.mean() < 1

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from repo.models import tuned
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "k8s" / "chart"
 TOOLS = ROOT / "tools" / "bin"
@@ -281,7 +283,8 @@ def test_deployment_runs_one_gpu_pod_hardened_with_a_large_shm_and_graceful_stop
     assert arg_value(container, "--model-repository") == "/models"
     assert arg_value(container, "--model-control-mode") == "none"
     assert arg_value(container, "--allow-metrics") == "true"
-    assert arg_value(container, "--cuda-memory-pool-byte-size") == f"0:{4 * 2**30}"
+    # The pool the image's model repository counts on (`repo.build --device gpu`: each video's share of it).
+    assert arg_value(container, "--cuda-memory-pool-byte-size") == f"0:{tuned('gpu')['cuda_pool_bytes']}"
     assert [a for a in container["args"] if a.startswith("--backend-config=python,shm-default-byte-size=")]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -290,6 +293,16 @@ def test_deployment_runs_one_gpu_pod_hardened_with_a_large_shm_and_graceful_stop
     assert container["startupProbe"]["httpGet"]["port"] == "http"
     headless = objects(None)[("Service", f"{RELEASE}-segment-video-headless")]
     assert headless["spec"]["clusterIP"] == "None"
+
+
+def test_a_pod_of_several_gpus_gets_them_all_and_a_pool_on_each():
+    container = server_container(None, "--set", "gpu.count=2")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    pools = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--cuda-memory-pool-byte-size=")]
+    assert pools == [f"{gpu}:{tuned('gpu')['cuda_pool_bytes']}" for gpu in (0, 1)]
+    # The image's repository has no list of GPUs: Triton places each model's instances on every GPU it sees.
+    dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
+    assert dockerfile.count("repo.build --target dali --device gpu --gpus all") == 2
 
 
 def test_weights_from_an_object_store_are_downloaded_and_checked_before_the_server_starts():

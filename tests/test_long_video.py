@@ -19,6 +19,7 @@ from tritonclient.grpc import InferenceServerClient
 
 from repo.build import build
 from repo.serve import TritonServer
+from stream_client import protocol
 from stream_client.output import PLAYLIST
 from stream_client.sample import sample_frame
 from stream_client.segment import parts_folder, segment_file
@@ -95,8 +96,8 @@ def test_segments_are_spread_over_several_servers(server, tmp_path):
         segment_file(source, tmp_path / "out.mp4", [server.url, second.url], threshold=0.0, window=4,
                      max_seconds=0.3, progress_out=io.StringIO())  # fmt: skip
         for url in (server.url, second.url):
-            stats = InferenceServerClient(url).get_inference_statistics("segment_video", as_json=True)
-            assert int(stats["model_stats"][0]["inference_count"]) >= 1, url
+            stats = InferenceServerClient(url).get_inference_statistics(protocol.MASK_ENTRY, as_json=True)
+            assert int(stats["model_stats"][0]["inference_stats"]["success"]["count"]) >= 1, url
         assert_frame_exact(source, tmp_path / "out.mp4")
 
 

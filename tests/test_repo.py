@@ -14,7 +14,7 @@ from pipelines import decode, mask
 from repo import models
 from repo.build import build, config_text
 from repo.dali_contract import ContractError, max_batch_size_in_text, requested, validate
-from repo.models import Settings
+from repo.models import Settings, server_args
 from stream_client import protocol
 
 TARGETS = [("python", "cpu"), ("python", "gpu"), ("dali", "cpu"), ("dali", "gpu")]
@@ -155,7 +155,7 @@ def test_the_contract_says_what_dali_backend_says():
         validate({"input": inputs, "output": [{}, {}]}, class_masker, batched=True)
 
 
-@pytest.mark.parametrize("gpus", [(0,), (0, 1), tuple(range(8))])
+@pytest.mark.parametrize("gpus", [(0,), (0, 1), tuple(range(8)), ()], ids=["0", "0-1", "0-7", "all"])
 def test_gpu_instances_are_placed_on_every_gpu(gpus):
     settings = Settings(device="gpu", gpus=gpus, decoder_instances=3, random_weights_seed=0)
     configs = models.configs(settings)
@@ -169,6 +169,9 @@ def test_gpu_instances_are_placed_on_every_gpu(gpus):
     native = models.configs(Settings(target="dali", device="gpu", gpus=gpus, decoder_instances=3))
     assert native[models.DECODER].instance_group[0].count == 3
     assert configs[models.CHECK].instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    # A pool per GPU: the ones named, or as many as the server sees (a pod of the chart's gpu.count).
+    pools = [a for a in server_args(settings, gpu_count=2) if a.startswith("--cuda-memory-pool-byte-size")]
+    assert [p.split("=")[1].split(":")[0] for p in pools] == [str(g) for g in (gpus or (0, 1))]
 
 
 def test_settings_refuse_what_cannot_work():
