@@ -358,10 +358,11 @@ def multi(bench: Bench) -> None:
                     results = [f.result() for f in futures]
                     seconds = time.perf_counter() - start
                 frames = sum(r["frames"] for r in results)
+                first = results[0]
                 bench.add({"name": name, "returns": "mask", "videos": videos, "gpus": len(settings.gpus),
-                           "frames_per_second": frames / seconds, "first_chunk_seconds": results[0]["first_chunk_seconds"],
-                           "peak_gpu_memory_mib": results[0]["peak_gpu_memory_mib"], "settings": _settings(settings),
-                           "models": results[0]["models"]})  # fmt: skip
+                           "frames_per_second": frames / seconds, "first_chunk_seconds": first["first_chunk_seconds"],
+                           "peak_gpu_memory_mib": first["peak_gpu_memory_mib"], "settings": _settings(settings),
+                           "models": first["models"]})  # fmt: skip
                 cli(bench, f"{name}_cli_segmented", ["--url", server.url], copies=videos)
     # One server per GPU, the client's --url repeated.
     servers = [TritonServer(build(one, bench.work / f"repo-gpu{gpu}"), args=server_args(one),
