@@ -22,7 +22,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 [ -f export/fcn_resnet101.pt ] || python3 -m export.weights --random-seed 0 >/dev/null
 out=${OUT:-out}
 mkdir -p "$out"
-record=/tmp/record
+record=${RECORD_DIR:-/tmp/record}
 if [ -n "${ONE_GPU:-}" ]; then
   export CUDA_VISIBLE_DEVICES=0
   record=/tmp/record-1gpu

@@ -200,7 +200,8 @@ def chain(bench: Bench) -> None:
         cli(bench, "cli_segmented_1080p_url", ["--url", server.url], profile=True)
 
 
-SETTINGS_SHOWN = ("frames_per_chunk", "max_batch", "decoder_instances", "segmenter_instances", "masker_instances",
+SETTINGS_SHOWN = ("frames_per_chunk", "max_batch", "decoder_instances", "decoder_processes", "segmenter_instances",
+                  "masker_instances",
                   "check_instances", "cuda_pool_bytes", "half", "channels_last")  # fmt: skip
 
 

@@ -114,6 +114,7 @@ def settings_parser(device: str = "cpu") -> argparse.ArgumentParser:
     g.add_argument("--gpus", nargs="+", help="GPU devices, or `all`: every GPU the server sees (default: 0; the "
                    "CLI's local server: all)")  # fmt: skip
     g.add_argument("--decoder-instances", type=int, help="videos decoded at once, per GPU")
+    g.add_argument("--decoder-processes", type=int, help="the Python runner's processes for them, per GPU")
     g.add_argument("--check-instances", type=int)
     g.add_argument("--segmenter-instances", type=int)
     g.add_argument("--masker-instances", type=int)
