@@ -48,8 +48,9 @@ class Settings:
     max_batch: int = 64  # frames per batch of the segmenter and the maskers, in whole chunks
     gpus: tuple[int, ...] = (0,)  # GPU devices, () for every GPU the server sees; instance counts are per GPU
     decoder_instances: int = 2  # videos decoded at once (per GPU and per decoder model)
-    # The Python runner's processes for them (per GPU), each decoding its share on threads: one process serves about
-    # 1000 frames/s of model input at most (measured on an H200), its Python and its messages with the server.
+    # The Python runner's processes for them (per GPU), each decoding its share on threads. On an H200, 4 processes
+    # for 16 decoders gave 1080 frames/s against one's 915, but failed a 60-minute run ("CUDA allocation failed" in
+    # a decoder, not explained yet): one is the default.
     decoder_processes: int = 1
     check_instances: int = 1
     segmenter_instances: int = 1
@@ -96,7 +97,7 @@ class Settings:
 
 # What a GPU server runs best with, where the options do not say otherwise (measured on an H200: README).
 GPU_TUNED = {"half": True, "channels_last": True, "frames_per_chunk": 32, "max_batch": 128, "decoder_instances": 16,
-             "decoder_processes": 4, "check_instances": 2, "cuda_pool_bytes": 16 << 30}  # fmt: skip
+             "check_instances": 2, "cuda_pool_bytes": 16 << 30}  # fmt: skip
 
 
 def tuned(device: str) -> dict[str, object]:
