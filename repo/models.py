@@ -53,6 +53,7 @@ class Settings:
     # a decoder, not explained yet): one is the default.
     decoder_processes: int = 1
     check_instances: int = 1
+    decoder_stall_seconds: float = 120.0  # a video whose decoder makes no progress this long fails (Python runner)
     segmenter_instances: int = 1
     masker_instances: int = 1
     random_weights_seed: int | None = None  # None: the segmenter needs a weights file
@@ -176,7 +177,8 @@ def _dali_model(s: Settings, config: mc.ModelConfig, streams: int = 1) -> mc.Mod
         config.instance_group[0].count = processes
         _parameters(config, {"pipeline_module": call.module, "pipeline_graph": call.graph,
                              "pipeline_kwargs": call.kwargs, "pipeline_batch_size": str(call.batch_size),
-                             "num_threads": str(s.dali_threads), "streams": str(-(-streams // processes))})  # fmt: skip
+                             "num_threads": str(s.dali_threads), "streams": str(-(-streams // processes)),
+                             "stall_seconds": str(s.decoder_stall_seconds)})  # fmt: skip
     return config
 
 

@@ -327,3 +327,26 @@ def test_eight_clients_at_once_each_get_their_own_video_frame_exact(server, tmp_
         assert_frame_exact(sources[k], tmp_path / f"out{k}.mp4")
     frames = sum(s.frames for s in summaries)
     print(f"{len(sources)} clients: {frames} frames in {sum(s.segments for s in summaries)} segments, {seconds:.1f} s")
+
+
+# ---------------------------------------------------------------- d. a decoder that stops making progress
+def test_a_decoder_that_makes_no_progress_fails_its_video_and_the_server_goes_on(tmp_path, video):
+    """The runner's watchdog: here its deadline (0.3 s) is shorter than decoding a chunk of 4K frames on this machine,
+    so such a video counts as stuck: it fails with an error naming the stall (never a silent wait), its pipeline is
+    replaced, and a small video decodes as usual after it."""
+    from dataclasses import replace
+
+    from repo.build import build
+    from repo.models import server_args
+    from repo.serve import TritonServer
+
+    settings = replace(SETTINGS, decoder_stall_seconds=0.3)
+    with TritonServer(build(settings, tmp_path / "repo"), args=server_args(settings)) as server:
+        with SegmentationStream(server.url, idle_timeout=120) as stream:
+            stream.send("stuck", video(16, width=3840, height=2160, **CPU_VIDEO))
+            result = collect(stream, {"stuck"})["stuck"]
+            assert isinstance(result, str) and "no progress for" in result, result
+            stream.send("after", video(2, width=16, height=16, **CPU_VIDEO))
+            after = collect(stream, {"after"})["after"]
+    assert not isinstance(after, str), after
+    assert sum(len(c) for c in after) == 2
