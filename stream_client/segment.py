@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -33,9 +33,11 @@ from stream_client import gops, output, videos
 from stream_client.access import Tls
 from stream_client.encoders import Encoders, SegmentJob, Written
 from stream_client.manifest import Manifest
+from stream_client.preview import Watch
 from stream_client.probe import probe
 from stream_client.reorder import Reorderer
 from stream_client.stream import Event, Failed, Finished, SegmentationStream, StreamError
+from stream_client.timeline import Timeline
 
 RETURNS = ("segmented", "mask", "both")  # what a run writes: the segmented video, the matte, or both
 
@@ -76,20 +78,19 @@ class Summary:
 
 
 class Progress:
-    """A line per chunk with a bar, frames/s and the time left; `listeners` get every chunk too (the preview)."""
+    """A line per chunk with a bar, frames/s and the time left."""
 
     def __init__(self, total: int, done: int, out: TextIO, width: int = 24) -> None:
         self.total, self.done, self.out, self.width = total, done, out, width
         self.start = time.monotonic()
         self.this_run = 0
-        self.listeners: list[Callable[..., None]] = []
 
     @property
     def rate(self) -> float:
         elapsed = time.monotonic() - self.start
         return self.this_run / elapsed if elapsed > 0 else 0.0
 
-    def chunk(self, segment: int, first: int, count: int, **details) -> None:
+    def chunk(self, segment: int, first: int, count: int) -> None:
         self.done += count
         self.this_run += count
         rate = self.rate
@@ -102,8 +103,6 @@ class Progress:
             file=self.out,
             flush=True,
         )
-        for listener in self.listeners:
-            listener(segment=segment, first=first, count=count, **details)
 
     def undo(self, count: int) -> None:
         """A segment that failed half way: its frames will come again."""
@@ -150,15 +149,15 @@ def segment_file(
     progress_out: TextIO | None = None,
     tls: Tls | None = None,
     headers: dict[str, str] | None = None,
-    on_start: Callable[["Progress", list[gops.SegmentPlan], Path], None] | None = None,
+    watch: Watch | None = None,
 ) -> Summary:
     """Segment `source` into `out` (MP4; with `returns` "mask" or "both" also its matte, `output.matte_path(out)`)
     through the servers at `urls`; the parts folder beside it grows meanwhile.
 
     `progress_out`: where the per-chunk lines go (default: standard error). `tls` and `headers` (an access key):
     for every server's stream, see `stream_client.access`. `encoders`: worker processes (default: one per core, at
-    most `window`). `on_start(progress, plan, parts)`: called once the run is planned (the preview listens to the
-    progress from there)."""
+    most `window`). `watch`: told of every step (the preview page shows it). Also writes the timeline (the class's
+    share of pixels per second) beside the output: OUT_timeline.json, .csv, .png."""
     source, out = Path(source), Path(out)
     encoding = encoding or output.Encoding()
     if returns not in RETURNS:
@@ -195,8 +194,12 @@ def segment_file(
 
         todo = [p for p in plan if p.index not in manifest.done]
         progress = Progress(found.packets, sum(p.frames for p in plan if p.index in manifest.done), progress_out)
-        if on_start is not None:
-            on_start(progress, plan, parts)
+        first_pts = min(packet_pts)
+        video_seconds = float((max(packet_pts) - first_pts) * time_base) + 1 / float(found.rate or 30)
+        timeline = (Timeline.load(parts) if resume else None) or Timeline(video_seconds)
+        if watch is not None:
+            watch.start(manifest, timeline, progress.total, progress.done, urls, kinds[0])
+            stack.enter_context(_reported(watch))
         pending = gops.segments(source, todo)
         in_flight: dict[str, InFlight] = {}
         writing: set[int] = set()
@@ -230,6 +233,8 @@ def segment_file(
             pts = sorted(packet_pts[part.first_packet : part.end_packet])
             state = InFlight(segment, stream, pts, attempts=attempts)
             in_flight[request_id(state)] = state
+            if watch is not None:
+                watch.sent(stream.url)
             pool.start(SegmentJob(
                 segment.index, segment.data, pts, segment.first_frame, (found.height, found.width), model_size,
                 time_base, found.rate, kinds, parts, source, encoding, dump_images,
@@ -255,6 +260,7 @@ def segment_file(
                 raise SegmentError(f"segment {event.index} could not be written: {event.error}")
             manifest.done[event.index] = event.duration
             manifest.save(parts)
+            timeline.save(parts)
             for kind, name in _playlists(kinds):
                 output.write_playlist(parts, manifest.finished_prefix(), finished=False, name=name, kind=kind)
 
@@ -271,6 +277,9 @@ def segment_file(
                 if event.video is None or event.video not in in_flight:
                     raise StreamError(f"the stream failed: {event.message}")
                 state = in_flight.pop(event.video)
+                if watch is not None:
+                    watch.failed(state.segment.index, event.message)
+                    watch.returned(state.stream.url, state.frames)
                 if state.attempts > retries:
                     raise SegmentError(
                         f"the server failed on segment {state.segment.index} of {source}: {event.message} "
@@ -284,6 +293,8 @@ def segment_file(
             state = in_flight[event.video]
             if isinstance(event, Finished):
                 finish(in_flight.pop(event.video))
+                if watch is not None:
+                    watch.returned(state.stream.url)
                 continue
             first_chunk = first_chunk if first_chunk is not None else time.monotonic() - start
             share = float(event.mask.mean())
@@ -293,18 +304,38 @@ def segment_file(
             if ready:
                 pool.masks(state.segment.index, np.stack(ready))
                 state.frames += len(ready)
-            progress.chunk(state.segment.index, state.segment.first_frame + event.first, len(event), kept=share,
-                           pts=state.pts[event.first], time_base=time_base, server=state.stream.url)  # fmt: skip
-    seconds = time.monotonic() - start
-    for kind, name in _playlists(kinds):
-        output.write_playlist(parts, manifest.finished_prefix(), finished=True, name=name, kind=kind)
-        output.concat(parts, len(plan), out if kind == "segment" else output.matte_path(out), kind)
+            frames_pts = np.array(state.pts[event.first : event.first + len(event)], np.int64)
+            timeline.add((frames_pts - first_pts) * float(time_base), event.mask.mean(axis=(1, 2)))
+            progress.chunk(state.segment.index, state.segment.first_frame + event.first, len(event))
+            if watch is not None:
+                watch.chunk(state.stream.url, len(event))
+        seconds = time.monotonic() - start
+        timeline.save(parts)
+        for kind, name in _playlists(kinds):
+            output.write_playlist(parts, manifest.finished_prefix(), finished=True, name=name, kind=kind)
+            output.concat(parts, len(plan), out if kind == "segment" else output.matte_path(out), kind)
+        timeline.write_beside(out, class_name or infos[streams[0].url].default_class)
     done = progress.this_run
     return Summary(
         str(source), str(out) if "segment" in kinds else None,
         str(output.matte_path(out)) if "matte" in kinds else None, progress.done, done, seconds,
         done / seconds if seconds > 0 else 0.0, first_chunk, kept / max(total, 1), len(plan), reencoded,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _reported(watch: "Watch") -> Iterator[None]:
+    """The run's end, as the watch should show it: finished, or failed with why."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        watch.end("cancelled")
+        raise
+    except Exception as e:
+        watch.end(str(e))
+        raise
+    else:
+        watch.end()
 
 
 def _next(stream: SegmentationStream, events: queue.Queue, idle: bool) -> Event | Written:
