@@ -110,6 +110,8 @@ def _gpu_name() -> str:
 
 
 def _commit() -> str:
+    if os.environ.get("SEGMENT_COMMIT"):  # the GPU machine's copy of the checkout may not carry its history
+        return os.environ["SEGMENT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:

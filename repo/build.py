@@ -119,6 +119,7 @@ def settings_parser(device: str = "cpu") -> argparse.ArgumentParser:
     g.add_argument("--segmenter-instances", type=int)
     g.add_argument("--masker-instances", type=int)
     g.add_argument("--cuda-pool-bytes", type=int, help="Triton's CUDA memory pool, per GPU")
+    g.add_argument("--decoder-stall-seconds", type=float, help="fail a video whose decoder stalls this long")
     g.add_argument(
         "--random-weights",
         dest="random_weights_seed",
