@@ -132,6 +132,8 @@ def settings_parser(device: str = "cpu") -> argparse.ArgumentParser:
     g.add_argument("--max-video-bytes", type=int, default=defaults.max_video_bytes, help="per request")
     g.add_argument("--max-video-frames", type=int, default=defaults.max_video_frames, help="per request")
     g.add_argument("--max-frame-size", type=int, nargs=2, metavar=("H", "W"), default=defaults.max_frame_size)
+    g.add_argument("--video-memory-bytes", type=int, help="what a request's frames may hold of the server's memory "
+                   "at once (default: on a GPU, a decoder's share of the CUDA pool; 0: no limit)")  # fmt: skip
     g.add_argument("--weights", type=Path, help=f"segmenter weights file (default: {DEFAULT_WEIGHTS})")
     return parser
 

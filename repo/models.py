@@ -67,6 +67,9 @@ class Settings:
     max_video_bytes: int = 1 << 30
     max_video_frames: int = 18000  # 10 minutes at 30 frames/s
     max_frame_size: tuple[int, int] = (4096, 4096)  # (H, W): NVDEC's limit for H.264
+    # What one request's frames may hold of the server's memory at once (`protocol.ServerInfo.frame_bytes`); None:
+    # on a GPU a decoder's share of the CUDA pool, on the CPU no limit (0).
+    video_memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
         mask.class_index(self.default_class)
@@ -76,6 +79,8 @@ class Settings:
             raise ValueError("frames_per_chunk must be at least 1 and at most max_batch (a batch holds whole chunks)")
         if min(self.max_video_bytes, self.max_video_frames, *self.max_frame_size) < 1:
             raise ValueError("the request limits (max_video_*, max_frame_size) must be positive")
+        if self.video_memory_bytes is not None and self.video_memory_bytes < 0:
+            raise ValueError("video_memory_bytes must be 0 (no limit) or more")
         counts = (self.decoder_instances, self.decoder_processes, self.check_instances, self.segmenter_instances,
                   self.masker_instances)  # fmt: skip
         if min(counts) < 1:
@@ -90,9 +95,12 @@ class Settings:
         return self.max_batch // self.frames_per_chunk
 
     def server_info(self) -> protocol.ServerInfo:
+        memory = self.video_memory_bytes
+        if memory is None:
+            memory = self.cuda_pool_bytes // self.decoder_instances if self.device == "gpu" else 0
         return protocol.ServerInfo(
             self.device, decode.codecs_for(self.device), self.default_class, self.default_threshold,
-            self.model_size, self.max_video_bytes, self.max_video_frames,
+            self.model_size, self.max_video_bytes, self.max_video_frames, memory, 2 if self.half else 4,
         )  # fmt: skip
 
 

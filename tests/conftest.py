@@ -14,9 +14,11 @@ from stream_client.sample import make_video
 from stream_client.stream import SegmentationStream
 
 # Tiny frames: the CPU runs fcn_resnet101 at ~18 frames/s at 64x64 (~1.5 at 224x224).
+# A share of memory per request as a GPU server has (there: of its CUDA pool), to test the limit on the CPU.
 SETTINGS = Settings(
-    model_size=(64, 64), frames_per_chunk=8, max_batch=32, random_weights_seed=0, max_video_bytes=16 << 20
-)
+    model_size=(64, 64), frames_per_chunk=8, max_batch=32, random_weights_seed=0, max_video_bytes=16 << 20,
+    video_memory_bytes=256 << 20,
+)  # fmt: skip
 
 # Codecs the server's CPU decoder reads, with the extension of their usual container.
 CPU_VIDEO = {"codec": "mjpeg", "suffix": ".mkv"}

@@ -188,6 +188,14 @@ CASES: dict[str, Case] = {
         lambda: encode(2, width=4112, height=16),
         Refused(r"frames of 4112x16 are larger than this server decodes \(4096x4096\)"),
     ),
+    # 4096x4096: 75.6 MB a frame with the model's tensors at 64x64; the tests' server gives a request 256 MiB.
+    "over-the-memory-share": Case(
+        lambda: encode(4, width=4096, height=4096),
+        Refused(
+            r"the video's 4 frames of 4096x4096 would hold 0\.28 GiB of this server's CPU memory at once, more "
+            r"than a request's share \(0\.25 GiB\): send segments of at most 3 frames"
+        ),
+    ),
     "at-max-video-bytes": Case(lambda: padded(encode(3), LIMIT), Frames(3)),
     "over-max-video-bytes": Case(
         lambda: padded(encode(3), LIMIT + 1),

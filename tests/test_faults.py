@@ -340,7 +340,7 @@ def test_a_decoder_that_makes_no_progress_fails_its_video_and_the_server_goes_on
     from repo.models import server_args
     from repo.serve import TritonServer
 
-    settings = replace(SETTINGS, decoder_stall_seconds=0.3)
+    settings = replace(SETTINGS, decoder_stall_seconds=0.3, video_memory_bytes=0)  # a 4K video it takes whole
     with TritonServer(build(settings, tmp_path / "repo"), args=server_args(settings)) as server:
         with SegmentationStream(server.url, idle_timeout=120) as stream:
             stream.send("stuck", video(16, width=3840, height=2160, **CPU_VIDEO))

@@ -4,6 +4,7 @@ contract the Python runner holds (dali_backend's) says what dali_backend says.""
 
 import runpy
 import sys
+from dataclasses import replace
 
 import pytest
 from google.protobuf import text_format
@@ -172,6 +173,27 @@ def test_gpu_instances_are_placed_on_every_gpu(gpus):
     # A pool per GPU: the ones named, or as many as the server sees (a pod of the chart's gpu.count).
     pools = [a for a in server_args(settings, gpu_count=2) if a.startswith("--cuda-memory-pool-byte-size")]
     assert [p.split("=")[1].split(":")[0] for p in pools] == [str(g) for g in (gpus or (0, 1))]
+
+
+def test_a_gpu_server_tells_each_request_its_share_of_the_cuda_pool():
+    """A decoder runs ahead of the segmenter by up to its whole request, in Triton's CUDA pool: the entries tell the
+    client each request's share (pool / decoders) and the model's value size, so that it cuts segments to fit."""
+
+    def told(settings: Settings) -> protocol.ServerInfo:
+        config = models.configs(settings)[protocol.ENTRY]
+        return protocol.ServerInfo.from_parameters({k: v.string_value for k, v in config.parameters.items()})
+
+    gpu = Settings(**models.tuned("gpu"), device="gpu", random_weights_seed=0)
+    info = told(gpu)
+    assert info.video_memory_bytes == gpu.cuda_pool_bytes // gpu.decoder_instances == 1 << 30
+    assert info.model_value_bytes == 2  # float16
+    # 1080p with the frames: the frame (RGB), its NV12, the model's input, probabilities and mask: 9.8 MB a frame.
+    assert info.frame_bytes(1080, 1920, frames=True) == 1080 * 1920 * 9 // 2 + 224 * 224 * (4 * 2 + 1)
+    assert info.max_frames(1080, 1920, frames=True) == 109
+    assert info.max_frames(1080, 1920, frames=False) == 2377
+    cpu = Settings(random_weights_seed=0)
+    assert told(cpu).max_frames(1080, 1920, frames=True) == cpu.max_video_frames  # the CPU: no such limit
+    assert told(replace(gpu, video_memory_bytes=0)).max_frames(1080, 1920, frames=True) == gpu.max_video_frames
 
 
 def test_settings_refuse_what_cannot_work():

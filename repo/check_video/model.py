@@ -86,9 +86,10 @@ class TritonPythonModel:
         if found.packets > fits:
             size = self.info.frame_bytes(found.height, found.width, frames) * found.packets / 2**30
             raise ValueError(
-                f"the video's {found.packets} frames of {found.width}x{found.height} would hold {size:.1f} GiB of this "
-                f"server's GPU memory at once, more than a video's share ({self.info.video_memory_bytes / 2**30:.1f} "
-                f"GiB): send segments of at most {fits} frames (the project's client cuts them so)"
+                f"the video's {found.packets} frames of {found.width}x{found.height} would hold {size:.2f} GiB of this "
+                f"server's {self.info.decoder_device.upper()} memory at once, more than a request's share "
+                f"({self.info.video_memory_bytes / 2**30:.2f} GiB): send segments of at most {fits} frames (the "
+                "project's client cuts them so)"
             )
         if found.codec not in self.info.codecs:
             raise ValueError(
