@@ -156,6 +156,12 @@ class Encoders:
                 worker.kill()
         self._results.put(None)
 
+    def check(self) -> None:
+        """Raise if a worker process has ended (killed, or out of memory): its segments would never be written."""
+        for worker in self._workers:
+            if not worker.is_alive():
+                raise RuntimeError(f"an encoder process ended (exit code {worker.exitcode}): its segments are lost")
+
     def _forward(self) -> None:
         while (result := self._results.get()) is not None:
             self._events.put(Written(*result))

@@ -260,6 +260,7 @@ def segment_file(
                 raise SegmentError(f"segment {event.index} could not be written: {event.error}")
             manifest.done[event.index] = event.duration
             manifest.save(parts)
+            timeline.commit(event.index)
             timeline.save(parts)
             for kind, name in _playlists(kinds):
                 output.write_playlist(parts, manifest.finished_prefix(), finished=False, name=name, kind=kind)
@@ -269,7 +270,7 @@ def segment_file(
                 launch(segment)
             if not in_flight and not writing:
                 break
-            event = _next(streams[0], events, idle=not in_flight)
+            event = _next(streams[0], events, pool, idle=not in_flight)
             if isinstance(event, Written):
                 written(event)
                 continue
@@ -287,6 +288,7 @@ def segment_file(
                     )
                 print(f"segment {state.segment.index} failed ({event.message}): trying again", file=progress_out)
                 progress.undo(state.frames)
+                timeline.drop(state.segment.index)
                 pool.abandon(state.segment.index)
                 launch(state.segment, state.attempts + 1)
                 continue
@@ -305,7 +307,7 @@ def segment_file(
                 pool.masks(state.segment.index, np.stack(ready))
                 state.frames += len(ready)
             frames_pts = np.array(state.pts[event.first : event.first + len(event)], np.int64)
-            timeline.add((frames_pts - first_pts) * float(time_base), event.mask.mean(axis=(1, 2)))
+            timeline.add(state.segment.index, (frames_pts - first_pts) * float(time_base), event.mask.mean(axis=(1, 2)))
             progress.chunk(state.segment.index, state.segment.first_frame + event.first, len(event))
             if watch is not None:
                 watch.chunk(state.stream.url, len(event))
@@ -338,11 +340,19 @@ def _reported(watch: "Watch") -> Iterator[None]:
         watch.end()
 
 
-def _next(stream: SegmentationStream, events: queue.Queue, idle: bool) -> Event | Written:
-    """The next event; when nothing is in flight, only the encoders are awaited (no server idle time applies)."""
-    if idle:
-        return events.get()
-    return stream.next_event()  # all streams share one queue
+def _next(stream: SegmentationStream, events: queue.Queue, pool: Encoders, idle: bool) -> Event | Written:
+    """The next event; when nothing is in flight, only the encoders are awaited (no server idle time applies, but an
+    encoder process that died fails the run)."""
+    if not idle:
+        return stream.next_event()  # all streams share one queue
+    while True:
+        try:
+            return events.get(timeout=1.0)
+        except queue.Empty:
+            try:
+                pool.check()
+            except RuntimeError as e:
+                raise SegmentError(str(e)) from None
 
 
 def _playlists(kinds: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -17,18 +17,32 @@ FILE = "timeline.json"
 
 
 class Timeline:
-    """Per second of video (from the video's first frame): frames seen and the sum of their kept shares."""
+    """Per second of video (from the video's first frame): frames seen and the sum of their kept shares.
+
+    A segment's frames count as they arrive and are settled when its files are written (`commit`); a segment that
+    fails is taken out again (`drop`) before it is sent again, and a saved timeline holds settled segments only, so
+    that a retried or resumed segment is never counted twice."""
 
     def __init__(self, seconds: float) -> None:
         bins = max(1, math.ceil(seconds))
         self.frames = np.zeros(bins, np.int64)
         self.kept = np.zeros(bins, np.float64)
+        self._pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
 
-    def add(self, seconds: np.ndarray, shares: np.ndarray) -> None:
-        """Frames at `seconds` (from the start) with the share of their pixels the mask kept."""
+    def add(self, segment: int, seconds: np.ndarray, shares: np.ndarray) -> None:
+        """The segment's frames at `seconds` (from the start) with the share of their pixels the mask kept."""
         index = np.clip(seconds.astype(np.int64), 0, len(self.frames) - 1)
         np.add.at(self.frames, index, 1)
         np.add.at(self.kept, index, shares)
+        self._pending.setdefault(segment, []).append((index, shares))
+
+    def commit(self, segment: int) -> None:
+        self._pending.pop(segment, None)
+
+    def drop(self, segment: int) -> None:
+        for index, shares in self._pending.pop(segment, []):
+            np.subtract.at(self.frames, index, 1)
+            np.subtract.at(self.kept, index, shares)
 
     def points(self) -> list[dict]:
         """The seconds with frames: {"second", "kept"} (the mean share over that second's frames)."""
@@ -36,7 +50,12 @@ class Timeline:
                 for s in np.flatnonzero(self.frames)]  # fmt: skip
 
     def as_dict(self) -> dict:
-        return {"seconds": len(self.frames), "frames": self.frames.tolist(), "kept": self.kept.tolist()}
+        """The settled segments' counts."""
+        frames, kept = self.frames.copy(), self.kept.copy()
+        for index, shares in (part for parts in self._pending.values() for part in parts):
+            np.subtract.at(frames, index, 1)
+            np.subtract.at(kept, index, shares)
+        return {"seconds": len(frames), "frames": frames.tolist(), "kept": kept.tolist()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Timeline":
