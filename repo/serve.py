@@ -50,10 +50,11 @@ def _pytriton_server(workdir: Path) -> tuple[Path, Path]:
     return root / "bin" / "tritonserver", backends
 
 
-def tree_memory_mib(pid: int) -> dict[str, float]:
-    """Memory of a process and its descendants (tritonserver and its Python-backend stubs), in MiB: `rss`, and its
-    parts `anon` (heaps) and `shmem` (shared memory, counted once per process that maps it: the stubs' regions are
-    mapped by tritonserver too)."""
+def memory_by_process(pid: int) -> dict[str, dict[str, float]]:
+    """Memory of a process and its descendants (tritonserver and its Python-backend stubs), in MiB, keyed by what each
+    is: the model a stub serves (its instances summed), else the process's name. Per key: `rss`, and its parts `anon`
+    (heaps) and `shmem` (shared memory, counted once per process that maps it: the stubs' regions are mapped by
+    tritonserver too)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -63,18 +64,31 @@ def tree_memory_mib(pid: int) -> dict[str, float]:
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
     fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssShmem:": "shmem"}
-    total, todo = dict.fromkeys(fields.values(), 0.0), [pid]
+    memory: dict[str, dict[str, float]] = {}
+    todo = [pid]
     while todo:
         p = todo.pop()
         todo += children.get(p, [])
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                name, *value = line.split()
-                if name in fields:
-                    total[fields[name]] += int(value[0]) / 1024
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{p}/status").read_text().splitlines()
         except OSError:
-            pass
-    return total
+            continue
+        # A stub's first argument is its model's file: <repository>/<model>/<version>/model.py.
+        stub = argv[0].endswith(b"_stub") and len(argv) > 1
+        name = Path(os.fsdecode(argv[1])).parts[-3] if stub else Path(os.fsdecode(argv[0])).name
+        total = memory.setdefault(name, dict.fromkeys(fields.values(), 0.0))
+        for line in status:
+            key, *value = line.split()
+            if key in fields:
+                total[fields[key]] += int(value[0]) / 1024
+    return memory
+
+
+def tree_memory_mib(pid: int) -> dict[str, float]:
+    """`memory_by_process`, summed."""
+    parts = memory_by_process(pid).values()
+    return {key: sum(part[key] for part in parts) for key in ("rss", "anon", "shmem")}
 
 
 class TritonServer:
