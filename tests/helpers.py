@@ -1,5 +1,7 @@
 """Helpers the tests share."""
 
+import signal
+
 from stream_client.stream import Chunk, Failed, Finished, SegmentationStream
 
 
@@ -18,3 +20,10 @@ def collect(stream: SegmentationStream, videos: set[str]) -> dict[str, list[Chun
         else:
             results[event.video].append(event)
     return results
+
+
+def as_a_foreground_job() -> None:
+    """Popen's `preexec_fn` for a CLI the test stops with SIGINT, as Ctrl-C stops a terminal's foreground job: when
+    the tests run as a script's background job, their children inherit SIGINT ignored, and Python then never raises
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 from conftest import SETTINGS
-from helpers import collect
+from helpers import as_a_foreground_job, collect
 from tritonclient.grpc import InferenceServerClient
 
 from repo.build import build
@@ -106,7 +106,8 @@ def test_segments_are_spread_over_several_servers(server, tmp_path):
 def cli(source: Path, out: Path, url: str, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "stream_client", str(source), "--out", str(out), "--url", url,
                "--threshold", "0", "--segment-seconds", "0.3", "--window", "1", *extra]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_a_foreground_job)  # fmt: skip
 
 
 def wait_for(condition, timeout: float = 120.0) -> None:

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import as_a_foreground_job
 from test_long_video import make_av
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ def free_port() -> int:
 def start(*args: str) -> tuple[subprocess.Popen, str]:
     """`segment-video ARGS` with a preview; (its process, the page's address) once it says where."""
     proc = subprocess.Popen([sys.executable, "-m", "stream_client", *args], cwd=ROOT, stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, text=True, preexec_fn=as_a_foreground_job)  # fmt: skip
     for line in proc.stderr:
         if found := re.search(r"http://\S+/", line):
             return proc, found.group(0)
