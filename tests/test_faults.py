@@ -223,10 +223,14 @@ class StalledStream(SegmentationStream):
         super()._on_response(response)
 
 
+def no_memory() -> dict[str, dict[str, float]]:
+    return {part: {"rss": 0.0, "anon": 0.0} for part in ("dali", "server")}
+
+
 def memory_parts(pid: int) -> dict[str, dict[str, float]]:
     """The server tree's memory in MiB (`rss`, `anon`) in two parts: `dali`, the DALI models' processes; `server`, the
     rest."""
-    parts = {part: {"rss": 0.0, "anon": 0.0} for part in ("dali", "server")}
+    parts = no_memory()
     for name, memory in memory_by_process(pid).items():
         part = parts["dali" if name in DALI_MODELS else "server"]
         for key in part:
@@ -238,13 +242,9 @@ class MemoryPeak:
     """The server tree's memory parts, sampled in the background; `take()` gives the peaks since the last take."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.peak = pid, self._zero()
+        self.pid, self.peak = pid, no_memory()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _zero() -> dict[str, dict[str, float]]:
-        return {part: {"rss": 0.0, "anon": 0.0} for part in ("dali", "server")}
 
     def _sample(self) -> None:
         now = memory_parts(self.pid)
@@ -257,7 +257,7 @@ class MemoryPeak:
 
     def take(self) -> dict[str, dict[str, float]]:
         self._sample()
-        peak, self.peak = self.peak, self._zero()
+        peak, self.peak = self.peak, no_memory()
         return peak
 
     def __enter__(self) -> "MemoryPeak":
