@@ -50,6 +50,9 @@ def _pytriton_server(workdir: Path) -> tuple[Path, Path]:
     return root / "bin" / "tritonserver", backends
 
 
+_MEMORY_FIELDS = {"VmRSS:": "rss", "RssAnon:": "anon", "RssShmem:": "shmem"}  # in /proc/PID/status
+
+
 def memory_by_process(pid: int) -> dict[str, dict[str, float]]:
     """Memory of a process and its descendants (tritonserver and its Python-backend stubs), in MiB, keyed by what each
     is: the model a stub serves (its instances summed), else the process's name. Per key: `rss`, and its parts `anon`
@@ -63,7 +66,6 @@ def memory_by_process(pid: int) -> dict[str, dict[str, float]]:
             except (OSError, IndexError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssShmem:": "shmem"}
     memory: dict[str, dict[str, float]] = {}
     todo = [pid]
     while todo:
@@ -77,18 +79,18 @@ def memory_by_process(pid: int) -> dict[str, dict[str, float]]:
         # A stub's first argument is its model's file: <repository>/<model>/<version>/model.py.
         stub = argv[0].endswith(b"_stub") and len(argv) > 1
         name = Path(os.fsdecode(argv[1])).parts[-3] if stub else Path(os.fsdecode(argv[0])).name
-        total = memory.setdefault(name, dict.fromkeys(fields.values(), 0.0))
+        total = memory.setdefault(name, dict.fromkeys(_MEMORY_FIELDS.values(), 0.0))
         for line in status:
             key, *value = line.split()
-            if key in fields:
-                total[fields[key]] += int(value[0]) / 1024
+            if key in _MEMORY_FIELDS:
+                total[_MEMORY_FIELDS[key]] += int(value[0]) / 1024
     return memory
 
 
 def tree_memory_mib(pid: int) -> dict[str, float]:
     """`memory_by_process`, summed."""
     parts = memory_by_process(pid).values()
-    return {key: sum(part[key] for part in parts) for key in ("rss", "anon", "shmem")}
+    return {key: sum(part[key] for part in parts) for key in _MEMORY_FIELDS.values()}
 
 
 class TritonServer:

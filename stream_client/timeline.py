@@ -40,9 +40,7 @@ class Timeline:
         self._pending.pop(segment, None)
 
     def drop(self, segment: int) -> None:
-        for index, shares in self._pending.pop(segment, []):
-            np.subtract.at(self.frames, index, 1)
-            np.subtract.at(self.kept, index, shares)
+        _take_out(self.frames, self.kept, self._pending.pop(segment, []))
 
     def points(self) -> list[dict]:
         """The seconds with frames: {"second", "kept"} (the mean share over that second's frames)."""
@@ -52,9 +50,7 @@ class Timeline:
     def as_dict(self) -> dict:
         """The settled segments' counts."""
         frames, kept = self.frames.copy(), self.kept.copy()
-        for index, shares in (part for parts in self._pending.values() for part in parts):
-            np.subtract.at(frames, index, 1)
-            np.subtract.at(kept, index, shares)
+        _take_out(frames, kept, [part for parts in self._pending.values() for part in parts])
         return {"seconds": len(frames), "frames": frames.tolist(), "kept": kept.tolist()}
 
     @classmethod
@@ -97,3 +93,10 @@ class Timeline:
         image[:, ~seen] = 64
         image[bar & seen[None, :]] = (64, 200, 120)
         return image
+
+
+def _take_out(frames: np.ndarray, kept: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Subtract what `Timeline.add` added for these parts."""
+    for index, shares in parts:
+        np.subtract.at(frames, index, 1)
+        np.subtract.at(kept, index, shares)
