@@ -6,8 +6,10 @@ Steps, per run of the pipeline (one response of a decoder model, one chunk):
 2. `FRAMES`: the decoded frames as they are, (F, H, W, 3) uint8 (only `with_frames`: the mask alone needs none).
 3. `MODEL_INPUT`: the frames resized to the model's size and normalised with ImageNet's mean and std,
    (F, 3, h, w) float (float16 on request), as torchvision's segmentation models expect.
-4. The request's values (`CLASS_ID`, `THRESHOLD`, and `FRAME_SIZE` with frames), fed with every run, go out with
-   every chunk as `CHUNK_*`: in an ensemble the steps after a decoupled one may only take that step's outputs.
+4. The request's values (`CLASS_ID`, `THRESHOLD`, and `FRAME_SIZE` with frames), fed once per video like the video,
+   go out with every chunk as `CHUNK_*`: in an ensemble the steps after a decoupled one may only take that step's
+   outputs. Triton's DALI backend feeds a request's inputs once and ends its stream after the first run on which any
+   input is depleted: these sources repeat their last value (`repeat_last`), so only the video ends the stream.
 """
 
 from nvidia.dali import fn, types
@@ -61,8 +63,13 @@ def decode(
         std=[255 * s for s in IMAGENET_STD],
         name=MODEL_INPUT,
     )
+    # no_copy: DALI keeps a repeating source's value by a copy through the CUDA runtime, which fails on a machine
+    # without a GPU driver; the request's buffer outlives its runs in both server targets.
     values = [
-        fn.copy(fn.external_source(name=name, dtype=CARRIED[name][0], ndim=1), name=CHUNK + name)
+        fn.copy(
+            fn.external_source(name=name, dtype=CARRIED[name][0], ndim=1, repeat_last=True, no_copy=True),
+            name=CHUNK + name,
+        )
         for name in carried(with_frames)
     ]
     if not with_frames:

@@ -6,9 +6,17 @@ the native backend, fail where the production server would. The README lists the
 """
 
 import re
+from collections.abc import Iterator
 
-# dali_backend wraps its own checks so (ENFORCE -> DaliBackendException -> "DALI Backend error: ").
+# dali_backend wraps its own checks so (ENFORCE -> DaliBackendException -> "DALI Backend error: "), and a pipeline's
+# failure so: DaliExecutor::Run rethrows it as a std::runtime_error (seen in tests/native).
 BACKEND_ERROR = "DALI Backend error: "
+RUNTIME_ERROR = "Runtime error: "
+
+
+def error_message(e: Exception) -> str:
+    """A failure as the backend words it for the client."""
+    return (BACKEND_ERROR if isinstance(e, ContractError) else RUNTIME_ERROR) + str(e)
 
 
 class ContractError(RuntimeError):
@@ -35,6 +43,28 @@ def pipeline_inputs(pipe) -> dict[str, int | None]:
         elif kind == "Video":  # fn.experimental.inputs.video: one encoded file per sample
             inputs[op.name] = 1
     return inputs
+
+
+def runs_until_depleted(pipe, video_runs: int) -> int:
+    """How many runs a request of the streaming mode gets. dali_backend feeds a request's inputs once, before its first
+    run, and ends the stream after the first run on which any input operator is depleted (DaliExecutor's
+    IsInputConsumed, which reads DALI's "depleted" trace): an external source fed its one batch is depleted after one
+    run unless it repeats its last batch (`repeat_last`); the video input after its last sequence (`video_runs`)."""
+    runs = [video_runs] if any(type(op._op).__name__ == "Video" for op in pipe._ops) else []
+    runs += [1 for op in pipe._ops if type(op._op).__name__ == "ExternalSource" and not op._op._repeat_last]
+    if not runs:
+        raise ContractError("a streaming pipeline whose inputs all repeat is never depleted: its stream never ends")
+    return min(runs)
+
+
+def streamed(pipe, inputs: dict[str, list], video_runs: int) -> Iterator[tuple[list, bool]]:
+    """A request of the streaming mode run as dali_backend runs it: every input fed once, then a run per response until
+    an input is depleted. Yields each run's outputs and whether it is the last."""
+    runs = runs_until_depleted(pipe, video_runs)
+    for name, samples in inputs.items():
+        pipe.feed_input(name, samples)
+    for run in range(runs):
+        yield pipe.run(), run == runs - 1
 
 
 def validate(config: dict, pipe, batched: bool) -> None:

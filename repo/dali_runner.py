@@ -2,8 +2,9 @@
 
 `repo.build` copies this file as the `model.py` of every DALI model of the Python target; the config's parameters
 name the graph function, its arguments and the batch size (see `repo.models.pipeline_calls`). The production server
-runs the same pipelines in the native DALI backend, which does not run on the machines the tests run on, so this
-runner holds that backend's contract to the letter (read from dali_backend's source; the README lists the rules):
+runs the same pipelines in the native DALI backend, which CI cannot build (`tests/native` serves them in it where it
+is built), so this runner holds that backend's contract to the letter (from dali_backend's source, checked by
+`tests/native`; the README lists the rules):
 
 - the config TEXT says which mode: `max_batch_size: 0` is the streaming mode (one request at a time, a response per
   run), any other value, or none at all, the batched mode (the requests of an execution run as one batch);
@@ -13,9 +14,9 @@ runner holds that backend's contract to the letter (read from dali_backend's sou
   pipeline's outputs by position, and where the pipeline declares an input's dimensions the config agrees (in the
   streaming mode the config's first dimension is the batch);
 - a request must ask for every output; the inputs of one request have one batch size;
-- streaming mode: the video input is fed once and the other inputs again before every run; a response per run,
-  the final flag on the last one (no empty final response); an error is one response with the final flag, and the
-  pipeline is built anew;
+- streaming mode: a request's inputs are fed once, before its first run; a response per run, and the stream ends
+  after the first run on which any input is depleted (`runs_until_depleted`), the final flag on that response (no
+  empty final response); an error is one response with the final flag, and the pipeline is built anew;
 - batched mode: one error fails every request of the execution.
 Unlike the backend, an output whose samples differ in shape is refused (the backend would pack them into one
 tensor, silently wrong). The streaming mode serves `streams` requests at once, each on a pipeline of its own (the
@@ -43,11 +44,13 @@ from nvidia.dali.tensors import TensorListGPU
 import pipelines
 from pipelines import decode
 from repo.dali_contract import (
-    BACKEND_ERROR,
     ContractError,
+    error_message,
     max_batch_size_in_text,
     pipeline_inputs,
     requested,
+    runs_until_depleted,
+    streamed,
     validate,
 )
 from repo.triton_tensors import from_torch, to_torch
@@ -111,6 +114,8 @@ class TritonPythonModel:
         pipe = self._new_pipeline()
         try:
             validate(config, pipe, self.batched)
+            if not self.batched:
+                runs_until_depleted(pipe, 1)  # refuses a pipeline whose stream would never end
         except ContractError as e:
             raise pb_utils.TritonModelException(str(e)) from None
         self.inputs = [i["name"] for i in config["input"]]
@@ -166,31 +171,29 @@ class TritonPythonModel:
             video = samples.pop(decode.VIDEO)
             if len(video) != 1:
                 raise ContractError("the video input takes one encoded file per request (a batch of 1)")
-            # One more run after the video's last frame kills the pipeline: count the runs first (DALI decodes one
-            # frame per packet; PyAV counts the packets without decoding). The backend reads DALI's "depleted" trace.
+            # The backend reads DALI's "depleted" trace after each run, which Python cannot see: count the video's
+            # runs first (DALI decodes one frame per packet; PyAV counts the packets without decoding). One more run
+            # after the video's last frame would kill the pipeline.
             packets = probe(np.asarray(video[0]).data).packets
-            runs = math.ceil(packets / self.frames_per_chunk)
-            pipe.feed_input(decode.VIDEO, video)
-            decoded = 0
-            for run in range(runs):
-                if request.is_cancelled():
-                    raise RuntimeError("cancelled by the client")
-                for name, values in samples.items():
-                    pipe.feed_input(name, values)
-                outputs = pipe.run()
+            video_runs = math.ceil(packets / self.frames_per_chunk)
+            decoded, run = 0, -1
+            for run, (outputs, last) in enumerate(streamed(pipe, {decode.VIDEO: video, **samples}, video_runs)):
                 stream.progress = time.monotonic()
                 decoded += sum(outputs[0][i].shape()[0] for i in range(len(outputs[0])))
-                if run == runs - 1 and decoded != packets:  # frames left in the pipeline would go to the next video
+                if run == video_runs - 1 and decoded != packets:  # frames left in it would go to the next video
                     raise RuntimeError(f"decoded {decoded} frames of the video's {packets}")
                 batches = [_stack(_samples(out, self.device)) for out in outputs]
                 tensors = [from_torch(name, batch) for name, batch in zip(self.outputs, batches, strict=True)]
-                if not stream.send(pb_utils.InferenceResponse(output_tensors=tensors), FINAL if run == runs - 1 else 0):
+                if not stream.send(pb_utils.InferenceResponse(output_tensors=tensors), FINAL if last else 0):
                     raise RuntimeError("ended by the watchdog")
+                if not last and request.is_cancelled():
+                    raise RuntimeError("cancelled by the client")
+            if run < video_runs - 1:  # ended early, as the backend ends it: the rest must not reach the next video
+                pipe = self._new_pipeline()
         except Exception as e:  # noqa: BLE001 - every failure ends this request, not the server
             if not stream.abandoned:
                 pipe = self._new_pipeline()  # it may hold the rest of the video, or be dead
-                prefix = BACKEND_ERROR if isinstance(e, ContractError) else "decoding failed: "
-                stream.fail(prefix + str(e))
+                stream.fail(error_message(e))
         finally:
             del self.streams[id(stream)]
             if not stream.abandoned:  # else the watchdog has put a new one in its place
@@ -243,8 +246,7 @@ def _trim() -> None:
 
 
 def _error(e: Exception) -> "pb_utils.InferenceResponse":
-    prefix = BACKEND_ERROR if isinstance(e, ContractError) else "DALI error: "
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(prefix + str(e)))
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(error_message(e)))
 
 
 def _stack(samples: list[torch.Tensor]) -> torch.Tensor:

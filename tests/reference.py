@@ -8,6 +8,7 @@ from nvidia.dali.tensors import TensorListGPU
 import pipelines
 from export import fcn
 from pipelines import decode, mask
+from repo.dali_contract import streamed
 from repo.models import Settings
 from stream_client.probe import probe
 
@@ -27,14 +28,15 @@ def decoded(data: bytes, settings: Settings) -> tuple[list[np.ndarray], list[np.
     """(frames, model input) per chunk, from the decoder the server uses (CPU or NVDEC)."""
     pipe = _build(decode.decode, settings, frames_per_chunk=settings.frames_per_chunk,
                   model_size=settings.model_size, half=settings.half)  # fmt: skip
-    pipe.feed_input(decode.VIDEO, [np.frombuffer(data, np.uint8)])
     found = probe(data)
+    inputs = {
+        decode.VIDEO: [np.frombuffer(data, np.uint8)],
+        decode.CLASS_ID: [np.array([0], np.int32)],
+        decode.THRESHOLD: [np.array([0.0], np.float32)],
+        decode.FRAME_SIZE: [np.array([found.height, found.width], np.int32)],
+    }
     frames, model_input = [], []
-    for _ in range(-(-found.packets // settings.frames_per_chunk)):
-        pipe.feed_input(decode.CLASS_ID, [np.array([0], np.int32)])
-        pipe.feed_input(decode.THRESHOLD, [np.array([0.0], np.float32)])
-        pipe.feed_input(decode.FRAME_SIZE, [np.array([found.height, found.width], np.int32)])
-        f, m, *_ = pipe.run()
+    for (f, m, *_), _ in streamed(pipe, inputs, -(-found.packets // settings.frames_per_chunk)):
         frames.append(_numpy(f, 0))
         model_input.append(_numpy(m, 0))
     return frames, model_input

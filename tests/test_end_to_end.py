@@ -58,14 +58,21 @@ def test_every_frame_comes_back_once_in_order(stream, video, frames, kind):
     assert rgb.shape == (frames, 48, 64, 3)
 
 
-def test_two_videos_at_once_on_one_stream_do_not_mix(stream, video):
-    a = video(19, width=64, height=48, **CPU_VIDEO)
-    b = video(13, width=48, height=32, **VP9_VIDEO)
-    stream.send("a", a, class_name="pottedplant", threshold=0.2)
-    stream.send("b", b, class_name="pottedplant", threshold=0.2)
-    results = collect(stream, {"a", "b"})
-    assert_matches(in_order(results["a"]), reference(a, SETTINGS, class_index("pottedplant"), 0.2)[0])
-    assert_matches(in_order(results["b"]), reference(b, SETTINGS, class_index("pottedplant"), 0.2)[0])
+def test_two_videos_at_once_on_one_stream_each_get_their_own_class_and_threshold(stream, video):
+    """Several chunks each, so that a decoder must carry its request's values with every chunk, not the first only."""
+    a = video(21, width=64, height=48, **CPU_VIDEO)
+    b = video(19, width=48, height=32, **VP9_VIDEO)
+    requests = {"a": (a, "pottedplant", 0.2), "b": (b, "cat", 0.05)}
+    for name, (data, class_name, threshold) in requests.items():
+        stream.send(name, data, class_name=class_name, threshold=threshold, returns="both")
+    results = collect(stream, set(requests))
+    for name, (data, class_name, threshold) in requests.items():
+        assert not isinstance(results[name], str), results[name]
+        segmented, mask = reference(data, SETTINGS, class_index(class_name), threshold)
+        assert_matches(in_order(results[name]), segmented)
+        assert_matches(in_order(results[name], "mask"), mask)
+    # The other video's values would have given another mask.
+    assert np.mean(in_order(results["a"], "mask") != reference(a, SETTINGS, class_index("cat"), 0.05)[1]) > 0.05
 
 
 def test_class_and_threshold_change_the_output_as_they_should(stream, video):

@@ -7,36 +7,35 @@ import pytest
 import pipelines
 from pipelines import decode, mask
 from pipelines.mask import VOC_CLASSES, class_index
+from repo.dali_contract import streamed
 from stream_client.videos import frames as pyav_frames
 
 
-def run_decode(data: bytes, runs: int, with_frames: bool = True, **kwargs) -> list[list[np.ndarray]]:
+def run_decode(data: bytes, video_runs: int, with_frames: bool = True, **kwargs) -> list[list[np.ndarray]]:
+    """A request of the decoder as Triton's DALI backend runs it: the video and the request's values fed once, a run
+    per chunk until an input is depleted."""
     pipe = pipelines.build(
         decode.decode, batch_size=1, device_id=None, num_threads=1, with_frames=with_frames, **kwargs
     )
-    pipe.feed_input(decode.VIDEO, [np.frombuffer(data, np.uint8)])
-    out = []
-    for run in range(runs):
-        pipe.feed_input(decode.CLASS_ID, [np.array([run], np.int32)])
-        pipe.feed_input(decode.THRESHOLD, [np.array([run / 10], np.float32)])
-        if with_frames:
-            pipe.feed_input(decode.FRAME_SIZE, [np.array([24, 40], np.int32)])
-        out.append([np.array(o[0]) for o in pipe.run()])
-    return out
+    inputs = {
+        decode.VIDEO: [np.frombuffer(data, np.uint8)],
+        decode.CLASS_ID: [np.array([7], np.int32)],
+        decode.THRESHOLD: [np.array([0.3], np.float32)],
+        **({decode.FRAME_SIZE: [np.array([24, 40], np.int32)]} if with_frames else {}),
+    }
+    return [[np.array(o[0]) for o in outputs] for outputs, _ in streamed(pipe, inputs, video_runs)]
 
 
 def test_decode_chunks_every_frame_once_with_a_short_last_chunk_and_carries_the_requests_values(video):
     data = video(21, width=40, height=24)
     runs = run_decode(data, 3, frames_per_chunk=8, model_size=(16, 16))
     frames = [r[0] for r in runs]
-    assert [len(f) for f in frames] == [8, 8, 5]
+    assert [len(f) for f in frames] == [8, 8, 5]  # the request's values, fed once, do not end the stream early
     assert all(f.shape[1:] == (24, 40, 3) and f.dtype == np.uint8 for f in frames)
     assert [r[1].shape for r in runs] == [(len(f), 3, 16, 16) for f in frames]
     assert all(r[1].dtype == np.float32 for r in runs)
-    # What was fed with each run goes out with that run's chunk.
-    assert [(r[2].tolist(), r[3].tolist(), r[4].tolist()) for r in runs] == [
-        ([k], [np.float32(k / 10)], [24, 40]) for k in range(3)
-    ]
+    # The values fed once with the video go out with every chunk.
+    assert [(r[2].tolist(), r[3].tolist(), r[4].tolist()) for r in runs] == [([7], [np.float32(0.3)], [24, 40])] * 3
     # MJPEG 4:4:4 decodes to the same pixels in DALI and in FFmpeg: the chunks are the video's frames, in order.
     np.testing.assert_array_equal(np.concatenate(frames), np.stack(list(pyav_frames(data))))
 
