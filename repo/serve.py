@@ -6,11 +6,13 @@ server's log. A server never outlives what started it: a clean stop, an exceptio
 order; a starter killed outright leaves it to `repo.reaper`, which stops the server's whole process group.
 
     python -m repo.serve build/repo        # serve until Ctrl-C
+    python -m repo.serve build/repo-dali --dali-backend build/native/dali   # Triton's DALI backend, built here
     SEGMENT_KEY=... python -m repo.serve build/repo --key-from-env segment-key=SEGMENT_KEY \\
         --tls-cert server.crt --tls-key server.key      # an access key and TLS (repo/access.py)
 """
 
 import argparse
+import importlib.util
 import os
 import shutil
 import signal
@@ -26,6 +28,8 @@ from pathlib import Path
 from repo.access import Access, access_args
 from repo.stub_env import SITE_VARIABLE, pytriton_server_root
 
+DALI_BACKEND_LIBRARY = "libtriton_dali.so"
+
 
 class ServerError(RuntimeError):
     pass
@@ -37,8 +41,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pytriton_server(workdir: Path) -> tuple[Path, Path]:
-    """The wheel's binary, and a backend directory whose Python stub matches this Python's version."""
+def _pytriton_server(workdir: Path, dali_backend: Path | None) -> tuple[Path, Path]:
+    """The wheel's binary, and a backend directory whose Python stub matches this Python's version (and the DALI
+    backend's folder, when given)."""
     root = pytriton_server_root()
     stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
     backends = workdir / "backends"
@@ -47,7 +52,35 @@ def _pytriton_server(workdir: Path) -> tuple[Path, Path]:
     for f in (root / "backends" / "python").iterdir():
         (python / f.name).symlink_to(f)
     (python / "triton_python_backend_stub").symlink_to(stub / "triton_python_backend_stub")
+    if dali_backend is not None:
+        (backends / "dali").symlink_to(dali_backend)
     return root / "bin" / "tritonserver", backends
+
+
+def dali_backend_folder(path: Path) -> Path:
+    """The folder of a built `libtriton_dali.so` (the file or its folder), or a clear error."""
+    folder = path if path.is_dir() else path.parent
+    if not (folder / DALI_BACKEND_LIBRARY).is_file():
+        raise ServerError(f"no {DALI_BACKEND_LIBRARY} in {folder}")
+    return folder.resolve()
+
+
+def _dali_backend_env(workdir: Path) -> dict[str, str]:
+    """What the wheel's tritonserver needs to run Triton's DALI backend beside its Python backend: the backend's
+    libraries (DALI's, and the server's library under the name the backend was linked against: the wheel renames
+    it), and a `python3` that imports DALI first on PATH (the backend runs it to serialize each `dali.py`)."""
+    libs = workdir / "lib"
+    libs.mkdir()
+    wheel_libs = pytriton_server_root().parent.parent / "nvidia_pytriton.libs"
+    (libs / "libtritonserver.so").symlink_to(next(wheel_libs.glob("libtritonserver-*.so")))
+    dali = importlib.util.find_spec("nvidia.dali")
+    if dali is None or not dali.submodule_search_locations:
+        raise ServerError("Triton's DALI backend needs DALI here: pip install nvidia-dali-cuda120")
+    paths = [libs, Path(dali.submodule_search_locations[0]), wheel_libs, os.environ.get("LD_LIBRARY_PATH", "")]
+    return {
+        "LD_LIBRARY_PATH": os.pathsep.join(str(p) for p in paths if str(p)),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
 
 
 _MEMORY_FIELDS = {"VmRSS:": "rss", "RssAnon:": "anon", "RssShmem:": "shmem"}  # in /proc/PID/status
@@ -97,12 +130,20 @@ class TritonServer:
     """`with TritonServer(repo) as server:` ... `server.url` (gRPC), `server.http_url`."""
 
     def __init__(
-        self, repository: Path, *, args: list[str] = (), ready_timeout: float = 300.0, env: dict[str, str] | None = None
+        self,
+        repository: Path,
+        *,
+        args: list[str] = (),
+        ready_timeout: float = 300.0,
+        env: dict[str, str] | None = None,
+        dali_backend: Path | None = None,
     ) -> None:
-        """`env`: more environment for the server (e.g. CUDA_VISIBLE_DEVICES for a server of one GPU)."""
+        """`env`: more environment for the server (e.g. CUDA_VISIBLE_DEVICES for a server of one GPU). `dali_backend`:
+        a built `libtriton_dali.so` (or its folder) for the wheel's server, which has no DALI backend of its own."""
         self.repository = Path(repository).resolve()
         self.extra_args = list(args)
         self.env = dict(env or {})
+        self.dali_backend = None if dali_backend is None else dali_backend_folder(Path(dali_backend))
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
         self._reaper_pipe: int | None = None
@@ -118,13 +159,15 @@ class TritonServer:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['http']}"
 
-    def command(self) -> list[str]:
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        """The server's command line, and the environment its backends need."""
         on_path = shutil.which("tritonserver")
         if on_path:
-            binary, backend_args = Path(on_path), []
+            binary, backend_args, env = Path(on_path), [], {}
         else:
-            binary, backends = _pytriton_server(self._workdir)
+            binary, backends = _pytriton_server(self._workdir, self.dali_backend)
             backend_args = [f"--backend-directory={backends}"]
+            env = {} if self.dali_backend is None else _dali_backend_env(self._workdir)
         return [
             str(binary),
             f"--model-repository={self.repository}",
@@ -136,14 +179,14 @@ class TritonServer:
             f"--metrics-port={self.ports['metrics']}",
             "--exit-timeout-secs=10",
             *self.extra_args,
-        ]
+        ], env
 
     def start(self) -> "TritonServer":
         log = open(self.log_path, "wb")
-        env = {**os.environ, SITE_VARIABLE: site.getsitepackages()[0], **self.env}  # the stub imports from here
-        self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
+        command, backend_env = self.command()
+        # The stub imports from this environment's site-packages.
+        env = {**os.environ, SITE_VARIABLE: site.getsitepackages()[0], **backend_env, **self.env}
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         read, self._reaper_pipe = os.pipe()
         subprocess.Popen(
             [sys.executable, "-m", "repo.reaper", str(self.proc.pid), "10"],
@@ -226,6 +269,8 @@ def main() -> None:
     access.add_argument("--tls-ca", type=Path, help="the CA of the clients' certificates (with --mutual-tls)")
     access.add_argument("--mutual-tls", action="store_true", help="clients need a certificate signed by --tls-ca")
     access.add_argument("--model-control", action="store_true", help="allow loading and unloading models (needs a key)")
+    parser.add_argument("--dali-backend", type=Path, help="a built libtriton_dali.so (or its folder) for the models of "
+                        "`repo.build --target dali`, when the server has no DALI backend of its own")  # fmt: skip
     args = parser.parse_intermixed_args()  # options of its own may come before or after the repository
     extra = list(args.server_args)
     chosen = (args.key_from_env, args.control_key_from_env, args.tls_cert, args.tls_key, args.tls_ca)
@@ -240,7 +285,7 @@ def main() -> None:
     # SIGTERM (systemd, Docker, `kill`; and as a script's background job, whose SIGINT is ignored, the only way to
     # stop it) stops the server as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
-    with TritonServer(args.repository, args=extra) as server:
+    with TritonServer(args.repository, args=extra, dali_backend=args.dali_backend) as server:
         print(f"ready: gRPC {server.url}, HTTP {server.http_url}, log {server.log_path}", flush=True)
         try:
             server.proc.wait()
