@@ -1,8 +1,9 @@
 """What Triton's DALI backend (dali_backend) demands of a model, its config and its requests, with its messages.
 
-Read from dali_backend's source (dali_model.h, config_tools.cc, dali_model_instance.cc, dali_pipeline.h); the Python
-runner (`repo/dali_runner.py`) holds every model of the Python target to it, so that the tests, which cannot run
-the native backend, fail where the production server would. The README lists the rules.
+Read from dali_backend's source (dali_model.h, config_tools.cc, dali_model_instance.cc, dali_executor.cc) and checked
+against the backend itself by `tests/native`; the Python runner (`repo/dali_runner.py`) holds every model of the
+Python target to it, so that CI, which cannot build the backend, fails where the production server would. The README
+lists the rules.
 """
 
 import re
