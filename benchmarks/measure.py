@@ -5,6 +5,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -13,10 +15,28 @@ import numpy as np
 from repo.serve import tree_memory_mib
 
 
+@contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A name to write `path` under; it takes the name `path` only once written whole, so that a reader (another
+    thread, a later invocation after this one was killed) never opens half a file."""
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}{path.suffix}")  # keeps the suffix
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def make_clip(path: Path, frames: int, width: int, height: int, rate: int = 30, codec: str = "libx264",
               bit_rate: int = 8_000_000) -> Path:  # fmt: skip
     """A camera-like clip: a textured scene panning, with a bright square moving across it; H.264 at `bit_rate`
     (8 Mbit/s: what a 1080p30 camera or a download gives), a keyframe every 2 s, B-frames. On the CPU: MJPEG."""
+    with written_whole(path) as partial:
+        _encode_clip(partial, frames, width, height, rate, codec, bit_rate)
+    return path
+
+
+def _encode_clip(path: Path, frames: int, width: int, height: int, rate: int, codec: str, bit_rate: int) -> None:
     rng = np.random.default_rng(0)
     tile = rng.integers(0, 256, (height // 8 + 1, (width + 4 * frames) // 8 + 2, 3), dtype=np.uint8)
     scene = tile.repeat(8, axis=0).repeat(8, axis=1)
@@ -36,17 +56,16 @@ def make_clip(path: Path, frames: int, width: int, height: int, rate: int = 30, 
             image[top : top + size, left : left + size] = 255
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode())
-    return path
 
 
 def repeat_clip(clip: Path, times: int, path: Path) -> Path:
     """The clip `times` over, remuxed end to end (no re-encoding): a long video in seconds."""
-    with av.open(str(clip)) as src:
+    with written_whole(path) as partial, av.open(str(clip)) as src:
         stream = src.streams.video[0]
         packets = [p for p in src.demux(stream) if p.size]
         frame = int(1 / (stream.average_rate * stream.time_base))
         span = max(p.pts for p in packets) - min(p.pts for p in packets) + frame
-        with av.open(str(path), "w") as out:
+        with av.open(str(partial), "w") as out:
             target = out.add_stream_from_template(stream)
             for k in range(times):
                 for p in packets:  # each pass shifts the same packets one more span

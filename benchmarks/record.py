@@ -298,6 +298,9 @@ def stress(bench: Bench) -> None:
                {"decoder_instances": 16, "check_instances": 8}]  # fmt: skip
     sizes = {"480p": (480, 854), "1080p": bench.size} if not bench.cpu else {"small": (32, 48), "larger": (48, 64)}
     clients = [(w, r, s) for w in (2, 8, 32) for r in ("mask", "segmented") for s in sizes]
+    # Made here, before the client threads start: a run that failed on a clip still being written would be the
+    # harness's failure, not the server's or the client's.
+    clips = {size: bench.clip(1, *shape, seconds=10 if not bench.cpu else 20) for size, shape in sizes.items()}
     deadline = 120 if bench.cpu else 300
     runs, rows = 0, []
     for server_changes in servers:
@@ -307,8 +310,7 @@ def stress(bench: Bench) -> None:
 
             def run(client, url=server.url) -> str:
                 window, returns, size = client
-                source = bench.clip(1, *sizes[size], seconds=10 if not bench.cpu else 20)
-                result = stream_video(url, source, returns, window, None, False)  # raises unless frame-exact
+                result = stream_video(url, clips[size], returns, window, None, False)  # raises unless frame-exact
                 return f"completed ({result['frames_per_second']:.0f} frames/s)"
 
             pool = ThreadPoolExecutor(len(clients))
