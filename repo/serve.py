@@ -86,11 +86,9 @@ def _dali_backend_env(workdir: Path) -> dict[str, str]:
 _MEMORY_FIELDS = {"VmRSS:": "rss", "RssAnon:": "anon", "RssShmem:": "shmem"}  # in /proc/PID/status
 
 
-def memory_by_process(pid: int) -> dict[str, dict[str, float]]:
-    """Memory of a process and its descendants (tritonserver and its Python-backend stubs), in MiB, keyed by what each
-    is: the model a stub serves (its instances summed), else the process's name. Per key: `rss`, and its parts `anon`
-    (heaps) and `shmem` (shared memory, counted once per process that maps it: the stubs' regions are mapped by
-    tritonserver too)."""
+def processes(pid: int) -> dict[int, str]:
+    """A process and its descendants (tritonserver and its Python-backend stubs), each named by what it is: the model
+    a stub serves, else the process's name."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -99,19 +97,31 @@ def memory_by_process(pid: int) -> dict[str, dict[str, float]]:
             except (OSError, IndexError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    memory: dict[str, dict[str, float]] = {}
+    named: dict[int, str] = {}
     todo = [pid]
     while todo:
         p = todo.pop()
         todo += children.get(p, [])
         try:
             argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
-            status = Path(f"/proc/{p}/status").read_text().splitlines()
         except OSError:
             continue
         # A stub's first argument is its model's file: <repository>/<model>/<version>/model.py.
         stub = argv[0].endswith(b"_stub") and len(argv) > 1
-        name = Path(os.fsdecode(argv[1])).parts[-3] if stub else Path(os.fsdecode(argv[0])).name
+        named[p] = Path(os.fsdecode(argv[1])).parts[-3] if stub else Path(os.fsdecode(argv[0])).name
+    return named
+
+
+def memory_by_process(pid: int) -> dict[str, dict[str, float]]:
+    """Memory of a process and its descendants (`processes`), in MiB, keyed by what each is (a model's instances
+    summed). Per key: `rss`, and its parts `anon` (heaps) and `shmem` (shared memory, counted once per process that
+    maps it: the stubs' regions are mapped by tritonserver too)."""
+    memory: dict[str, dict[str, float]] = {}
+    for p, name in processes(pid).items():
+        try:
+            status = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:
+            continue
         total = memory.setdefault(name, dict.fromkeys(_MEMORY_FIELDS.values(), 0.0))
         for line in status:
             key, *value = line.split()
