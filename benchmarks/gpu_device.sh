@@ -3,9 +3,14 @@
 # project visible to the image's Python (and so to the Python-backend stub), then run what is asked:
 #   bash benchmarks/gpu_device.sh tests [N]        # the GPU variant of the end-to-end tests, N times in a row
 #   bash benchmarks/gpu_device.sh record [ARGS]    # benchmarks/record.py (the benchmark of record) into $OUT
+#   bash benchmarks/gpu_device.sh record --runs trace sweep --py-spy 5   # the trace, the sweep, py-spy dumps
 #   ONE_GPU=1 bash benchmarks/gpu_device.sh ...     # on a machine of several GPUs, as one of one GPU: GPU 0 and 16
 #                                                   # cores (the nvidia-h200 kind), into /tmp/record-1gpu
 # Everything it writes for the caller goes to $OUT (record.json, logs, the CLI's profile).
+# py-spy (for --py-spy) is not on the GPU machine: after pack.sh (it empties .gpu), download its wheel here into a part,
+#   python3 -m pip download --no-deps --only-binary=:all: --platform manylinux2014_x86_64 -d .gpu/w-pyspy py-spy==0.4.3
+# and carry .gpu/w-pyspy with one of the staging calls before the first assemble: assemble.sh installs every staged
+# wheel into /tmp/site, and the py-spy binary lands in /tmp/site/bin (on PATH below).
 set -euo pipefail
 # A server an earlier, killed command left (its own session) would hold the GPU and the ports.
 pkill -KILL -f tritonserver 2>/dev/null || true
@@ -13,6 +18,7 @@ pkill -KILL -f triton_python_backend_stub 2>/dev/null || true
 bash .gpu/bin/stage.sh >/dev/null
 bash .gpu/bin/assemble.sh
 export LD_LIBRARY_PATH=/tmp/site/nvidia_pytriton.libs:${LD_LIBRARY_PATH:-}
+export PATH=/tmp/site/bin:$PATH  # py-spy, where its wheel was staged
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 RECORD_WORK=/tmp/record-work
 site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 echo "$PWD" > "$site/segment-video-project.pth"

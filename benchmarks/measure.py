@@ -1,6 +1,8 @@
-"""What the benchmarks share: the input clips, peak memory samplers, Triton's per-model statistics."""
+"""What the benchmarks share: the input clips, peak memory samplers, Triton's per-model statistics, GPU use and the
+stubs' stacks under load."""
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -12,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from repo.serve import tree_memory_mib
+from repo.serve import processes, tree_memory_mib
 
 
 @contextmanager
@@ -165,3 +167,77 @@ def dump_stacks() -> None:
             except OSError:
                 pass
     time.sleep(3)
+
+
+class GpuUse:
+    """`nvidia-smi dmon -s u` (SM, memory, NVENC, NVDEC use in %, once a second) into `path` while the block runs,
+    where nvidia-smi exists; `means` then holds each column's mean over the run's samples (all GPUs together)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.means = path, {}
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "GpuUse":
+        if shutil.which("nvidia-smi"):
+            with open(self.path, "w") as out:
+                self._proc = subprocess.Popen(["nvidia-smi", "dmon", "-s", "u", *visible_gpus()], stdout=out)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        self._proc.wait()
+        self.means = dmon_means(self.path.read_text())
+
+
+def dmon_means(text: str) -> dict[str, float]:
+    """The mean of each column of `nvidia-smi dmon`'s output (its header line names them: `# gpu sm mem enc dec ...`;
+    a value it cannot read is `-`)."""
+    columns: list[str] = []
+    values: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        words = line.lstrip("#").split()
+        if line.startswith("#") and "sm" in words:
+            columns = words
+        elif not line.startswith("#") and columns and len(words) == len(columns):
+            for name, word in zip(columns, words, strict=True):
+                if name != "gpu" and word.replace(".", "", 1).isdigit():
+                    values.setdefault(name, []).append(float(word))
+    return {name: round(sum(v) / len(v), 1) for name, v in values.items()}
+
+
+class StackDumps:
+    """`py-spy dump` of each Python-backend stub of a server every `every` seconds while the block runs (where py-spy
+    is on PATH and `every` is set), each into `folder`/<model>-<pid>-<k>.txt: what the stubs' threads do under load."""
+
+    def __init__(self, server_pid: int, folder: Path, every: float | None) -> None:
+        self.server_pid, self.folder, self.every = server_pid, folder, every
+        self.binary = shutil.which("py-spy")
+        self.dumps = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        k = 0
+        while not self._stop.wait(self.every):
+            for pid, model in processes(self.server_pid).items():
+                if model == "tritonserver":
+                    continue
+                done = subprocess.run([self.binary, "dump", "--pid", str(pid)], capture_output=True, text=True)
+                (self.folder / f"{model}-{pid}-{k}.txt").write_text(done.stdout + done.stderr)
+                self.dumps += 1
+            k += 1
+
+    def __enter__(self) -> "StackDumps":
+        if self.every and self.binary:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._thread.start()
+        elif self.every:
+            print("py-spy is not on PATH: no stack dumps (benchmarks/gpu_device.sh says how to bring it)", flush=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()

@@ -2,6 +2,7 @@
 
     bash benchmarks/gpu_device.sh record                     # on the GPU machine, after ../shared/gpu's staging
     bash benchmarks/gpu_device.sh record --runs multi        # two GPUs (nvidia-h200-x2)
+    bash benchmarks/gpu_device.sh record --runs trace sweep --py-spy 5   # where a chunk's time goes (README)
     python benchmarks/record.py --cpu --out /tmp/record      # tiny frames on the CPU: checks the script
 
 Writes `record.json` into --out ({"gpu", "date", "commit", "runs": [...]}), adding to the runs already there. Every
@@ -17,7 +18,15 @@ run has `frames_per_second`, `first_chunk_seconds` and `peak_gpu_memory_mib` (ea
   failed with an error, or hung;
 - multi: one_gpu_one_video, two_gpus_one_video, two_gpus_four_videos (one server over both GPUs) and
   one_server_per_gpu_one_video (two servers, the client's --url repeated), with `returns=mask` and the CLI's own
-  output.
+  output;
+- trace: the 10-minute input (the CPU: 1 minute) through a server that traces every request (Triton's trace API,
+  `triton_trace.py`): the per-step table and where a chunk's time goes, printed and in the record, the time line of
+  every chunk in `trace_chain_mask_*_chunks.json`, the raw trace in `*.trace.json`;
+- sweep_segment_seconds, sweep_frames_per_chunk, sweep_decoder_instances (`--runs sweep`, `--sweeps` chooses): frames/s
+  against each, one changed at a time from the tuned server (a row printed for each).
+During the chain, trace and sweep runs, where nvidia-smi exists, `nvidia-smi dmon -s u` goes to `dmon-<run>.txt` and
+its means into the run's `gpu_use_percent`; with --py-spy S, `py-spy dump` of every stub every S seconds into
+`py-spy-<run>/`.
 """
 
 import argparse
@@ -31,15 +40,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import triton_trace  # noqa: E402
 from measure import (  # noqa: E402
+    GpuUse,
     Peaks,
+    StackDumps,
     busy_during,
     dump_stacks,
     gpu_memory_mib,
@@ -98,7 +111,15 @@ class Bench:
     def add(self, run: dict) -> None:
         self.report["runs"] = [r for r in self.report["runs"] if r["name"] != run["name"]] + [run]
         (self.args.out / "record.json").write_text(json.dumps(self.report, indent=2))
-        print(json.dumps({k: v for k, v in run.items() if k != "models"}), flush=True)
+        print(json.dumps({k: v for k, v in run.items() if k not in ("models", "steps")}), flush=True)
+
+    @contextmanager
+    def watch(self, name: str, server_pid: int) -> Iterator[GpuUse]:
+        """GPU use (nvidia-smi dmon, where it exists) and the stubs' stacks (py-spy, with --py-spy) while a run goes,
+        into --out; the GpuUse's `means` once the block is done."""
+        dumps = StackDumps(server_pid, self.args.out / f"py-spy-{name}", self.args.py_spy)
+        with GpuUse(self.args.out / f"dmon-{name}.txt") as use, dumps:
+            yield use
 
 
 def _gpu_name() -> str:
@@ -121,8 +142,8 @@ def _commit() -> str:
 
 # ---------------------------------------------------------------- one long video through a running server
 def stream_video(url: str | list[str], source: Path, returns: str, window: int, server_pid: int | None,
-                 gpu: bool, idle_timeout: float | None = 300, on_chunk: Callable[[], None] = lambda: None,
-                 ) -> dict:  # fmt: skip
+                 gpu: bool, segment_seconds: float = SEGMENT_SECONDS, idle_timeout: float | None = 300,
+                 on_chunk: Callable[[], None] = lambda: None) -> dict:  # fmt: skip
     """One video, its GOP segments `window` in flight (over the servers of `url`), chunks counted as they arrive
     (`on_chunk` called for each); it fails when nothing arrives for `idle_timeout` seconds (None: it waits)."""
     urls = [url] if isinstance(url, str) else url
@@ -132,7 +153,7 @@ def stream_video(url: str | list[str], source: Path, returns: str, window: int, 
         s.__enter__()
     info = streams[0].server_info()
     height, width = _frame_size(source)
-    plan = gops.plan(source, max_seconds=SEGMENT_SECONDS,
+    plan = gops.plan(source, max_seconds=segment_seconds,
                      max_frames=info.max_frames(height, width, frames=returns != "mask"))  # fmt: skip
     expected = sum(p.frames for p in plan)  # the plan covers every frame
     received, first_chunk, in_flight = 0, None, {}
@@ -192,7 +213,9 @@ def chain(bench: Bench) -> None:
         )
         for name, minutes in runs:
             try:
-                result = stream_video(server.url, bench.clip(minutes), "mask", window, pid, not bench.cpu)
+                with bench.watch(name, pid) as use:
+                    result = stream_video(server.url, bench.clip(minutes), "mask", window, pid, not bench.cpu)
+                result["gpu_use_percent"] = use.means
             except Exception:
                 dump_stacks()
                 shutil.copy(server.log_path, bench.args.out / f"server-{name}.log")
@@ -349,6 +372,87 @@ def stress(bench: Bench) -> None:
                "wall_seconds_per_server": walls, "rows": rows})  # fmt: skip
 
 
+# ---------------------------------------------------------------- where a chunk's time goes
+def trace(bench: Bench) -> None:
+    """The 10-minute input (the CPU: 1 minute) through a server that traces every request; the warm-up before it is
+    left out of the tables (the trace's clock is this process's monotonic clock)."""
+    settings = bench.settings()
+    minutes = 1 if bench.cpu else 10
+    name = f"trace_chain_mask_{minutes}min"
+    path = bench.args.out / f"{name}.trace.json"  # written by the server when it stops
+    window = 2 * settings.decoder_instances
+    repository = build(settings, bench.work / "repo-trace")
+    with TritonServer(repository, args=server_args(settings) + triton_trace.server_args(path)) as server:
+        stream_video(server.url, bench.clip(1), "mask", window, None, not bench.cpu)
+        since = time.monotonic_ns()
+        with bench.watch(name, server.proc.pid) as use:
+            result = stream_video(server.url, bench.clip(minutes), "mask", window, None, not bench.cpu)
+        until = time.monotonic_ns()
+    requests = triton_trace.load(path)
+    videos = triton_trace.videos(requests, since, until)
+    steps = triton_trace.steps(requests, videos)
+    chunks = triton_trace.chunks(requests, videos)
+    print(f"{name}: per step, median / p90 ms\n{triton_trace.format_steps(steps)}", flush=True)
+    print(triton_trace.format_chunks(chunks), flush=True)
+    (bench.args.out / f"{name}_chunks.json").write_text(json.dumps(chunks))
+    shown = {k: result[k] for k in ("frames", "segments", "window", "seconds", "frames_per_second")}
+    bench.add({"name": name, **shown, "traced_segments": len(videos), "chunks": len(chunks), "steps": steps,
+               "legs": triton_trace.legs(chunks), "gpu_use_percent": use.means,
+               "settings": _settings(settings)})  # fmt: skip
+
+
+SWEEP = {  # the values each sweep takes, on a GPU and on the CPU (the smallest: it checks the code path)
+    "segment_seconds": ([2, 4, 8, 16, 32], [2, 4]),
+    "frames_per_chunk": ([16, 32, 64, 128], [8, 16]),
+    "decoder_instances": ([1, 2, 4, 8, 16], [1, 2]),
+}
+
+
+def sweep(bench: Bench) -> None:
+    """Frames/s (`returns=mask`, warm server, 2 segments in flight per decoder) against the segment length, the frames
+    per chunk and the decoders, each swept from the tuned server with the others at its values; a server per setting,
+    each point printed as it comes; each sweep (--sweeps) a run of the record: `sweep_<its name>`."""
+    minutes = bench.args.sweep_minutes or (1 if bench.cpu else 3)
+    base = bench.settings()
+    swept = {name: bench.args.sweep.get(name) or SWEEP[name][bench.cpu] for name in bench.args.sweeps}
+    measured: dict[tuple, dict] = {}  # (frames per chunk, decoders, segment seconds) -> its row
+
+    def key(point: dict) -> tuple:
+        return point["frames_per_chunk"], point["decoder_instances"], point["segment_seconds"]
+
+    def measure(changes: dict, seconds: list[float]) -> None:
+        settings = bench.settings(**changes)
+        points = [{"frames_per_chunk": settings.frames_per_chunk, "decoder_instances": settings.decoder_instances,
+                   "segment_seconds": s} for s in seconds]  # fmt: skip
+        if all(key(p) in measured for p in points):
+            return
+        window = 2 * settings.decoder_instances
+        with TritonServer(build(settings, bench.work / "repo-sweep"), args=server_args(settings)) as server:
+            stream_video(server.url, bench.clip(1), "mask", window, None, not bench.cpu)
+            for p in points:
+                name = "sweep_{frames_per_chunk}fpc_{decoder_instances}dec_{segment_seconds:g}s".format(**p)
+                with bench.watch(name, server.proc.pid) as use:
+                    result = stream_video(server.url, bench.clip(minutes), "mask", window, None, not bench.cpu,
+                                          segment_seconds=p["segment_seconds"])  # fmt: skip
+                measured[key(p)] = p | {"window": window, "segments": result["segments"], "gpu_use_percent": use.means,
+                                        "frames_per_second": round(result["frames_per_second"], 1)}  # fmt: skip
+                print(f"sweep: {json.dumps(measured[key(p)])}", flush=True)
+
+    if "segment_seconds" in swept:
+        measure({}, swept["segment_seconds"])
+    for frames in swept.get("frames_per_chunk", []):
+        measure({"frames_per_chunk": frames, "max_batch": max(base.max_batch, frames)}, [SEGMENT_SECONDS])
+    for decoders in swept.get("decoder_instances", []):
+        measure({"decoder_instances": decoders}, [SEGMENT_SECONDS])
+    at = {"frames_per_chunk": base.frames_per_chunk, "decoder_instances": base.decoder_instances,
+          "segment_seconds": SEGMENT_SECONDS}  # fmt: skip
+    for name, values in swept.items():
+        rows = [measured[key(at | {name: v})] for v in values]
+        shown = ", ".join(f"{r[name]:g}: {r['frames_per_second']}" for r in rows)
+        print(f"sweep over {name} (frames/s, input {minutes} min): {shown}", flush=True)
+        bench.add({"name": f"sweep_{name}", "input_minutes": minutes, "settings": _settings(base), "rows": rows})
+
+
 # ---------------------------------------------------------------- two GPUs
 def multi(bench: Bench) -> None:
     gpus = len(gpu_memory_mib()) if not bench.cpu else 1
@@ -398,7 +502,11 @@ def multi(bench: Bench) -> None:
             s.stop()
 
 
-RUNS = {"peer": peer, "chain": chain, "cli": clis, "stress": stress, "multi": multi}
+RUNS = {"peer": peer, "chain": chain, "cli": clis, "stress": stress, "multi": multi, "trace": trace, "sweep": sweep}
+
+
+def _values(text: str) -> list[float | int]:
+    return [int(v) if float(v).is_integer() else float(v) for v in text.split(",")]
 
 
 def main() -> None:
@@ -407,7 +515,15 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="tiny frames on the CPU (checks the script)")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=["peer", "chain", "cli", "stress"])
     parser.add_argument("--no-long", dest="long", action="store_false", help="leave out the 60-minute input")
+    parser.add_argument("--py-spy", type=float, metavar="SECONDS", help="dump every stub's stacks this often during "
+                        "the chain, trace and sweep runs (py-spy on PATH)")  # fmt: skip
+    parser.add_argument("--sweeps", nargs="+", choices=SWEEP, default=list(SWEEP), help="which sweeps (default all)")
+    parser.add_argument("--sweep-minutes", type=int, help="the sweep's input (default: 3 minutes, the CPU 1)")
+    for name, (gpu, cpu) in SWEEP.items():
+        parser.add_argument(f"--sweep-{name.replace('_', '-')}", type=_values, metavar="A,B,...",
+                            help=f"the values of this sweep (default {gpu}, the CPU {cpu})")  # fmt: skip
     args = parser.parse_args()
+    args.sweep = {name: getattr(args, f"sweep_{name}") for name in SWEEP}
     args.out.mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
     for name in args.runs:
