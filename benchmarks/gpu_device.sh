@@ -4,6 +4,9 @@
 #   bash benchmarks/gpu_device.sh tests [N]        # the GPU variant of the end-to-end tests, N times in a row
 #   bash benchmarks/gpu_device.sh record [ARGS]    # benchmarks/record.py (the benchmark of record) into $OUT
 #   bash benchmarks/gpu_device.sh record --runs trace sweep --py-spy 5   # the trace, the sweep, py-spy dumps
+#   SEGMENT_DALI_BACKEND=build/native/dali bash benchmarks/gpu_device.sh tests 1   # also on the native target
+#   bash benchmarks/gpu_device.sh record --runs chain trace --no-long --dali-backend build/native/dali   # native_...
+#       (a GPU build of Triton's DALI backend, made on the development machine and carried: `carry: ["build/native"]`)
 #   ONE_GPU=1 bash benchmarks/gpu_device.sh ...     # on a machine of several GPUs, as one of one GPU: GPU 0 and 16
 #                                                   # cores (the nvidia-h200 kind), into /tmp/record-1gpu
 # Everything it writes for the caller goes to $OUT (record.json, logs, the CLI's profile).

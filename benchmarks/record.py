@@ -3,6 +3,7 @@
     bash benchmarks/gpu_device.sh record                     # on the GPU machine, after ../shared/gpu's staging
     bash benchmarks/gpu_device.sh record --runs multi        # two GPUs (nvidia-h200-x2)
     bash benchmarks/gpu_device.sh record --runs trace sweep --py-spy 5   # where a chunk's time goes (README)
+    bash benchmarks/gpu_device.sh record --runs chain trace --no-long --dali-backend build/native/dali   # native
     python benchmarks/record.py --cpu --out /tmp/record      # tiny frames on the CPU: checks the script
 
 Writes `record.json` into --out ({"gpu", "date", "commit", "runs": [...]}), adding to the runs already there. Every
@@ -24,7 +25,10 @@ run has `frames_per_second`, `first_chunk_seconds` and `peak_gpu_memory_mib` (ea
   every chunk in `trace_chain_mask_*_chunks.json`, the raw trace in `*.trace.json`;
 - sweep_segment_seconds, sweep_frames_per_chunk, sweep_decoder_instances (`--runs sweep`, `--sweeps` chooses): frames/s
   against each, one changed at a time from the tuned server (a row printed for each).
-During the chain, trace and sweep runs, where nvidia-smi exists, `nvidia-smi dmon -s u` goes to `dmon-<run>.txt` and
+With --dali-backend (a built libtriton_dali.so), the chain, trace, sweep and stress runs serve the native target
+(`--target dali`, Triton's DALI backend) and are named `native_...`; the CLI's own local server is the Python
+target, so the CLI's native figure is `native_cli_segmented_1080p_url` (the chain's). During the chain, trace and
+sweep runs, where nvidia-smi exists, `nvidia-smi dmon -s u` goes to `dmon-<run>.txt` and
 its means into the run's `gpu_use_percent`; with --py-spy S, `py-spy dump` of every stub every S seconds into
 `py-spy-<run>/`.
 """
@@ -88,6 +92,7 @@ class Bench:
         machine = {"cpus": len(os.sched_getaffinity(0)), "gpus": 0 if self.cpu else len(gpu_memory_mib())}
         self.report.update(gpu=_gpu_name(), date=time.strftime("%Y-%m-%d"), commit=_commit(), machine=machine)
         self._clips: dict[str, Path] = {}
+        self.native = args.dali_backend  # Triton's DALI backend built for this machine: the native target's runs
 
     def clip(self, minutes: int, height: int | None = None, width: int | None = None, seconds: int = 60) -> Path:
         """`minutes` of the 1-minute clip (or one clip of `seconds`), of the benchmark's frame size by default."""
@@ -106,7 +111,17 @@ class Bench:
         base = {**tuned(device), "device": device, "model_size": self.model_size, "random_weights_seed": 0}
         if self.cpu:
             base |= {"frames_per_chunk": 8, "max_batch": 32}
+        if self.native:
+            base["target"] = "dali"
         return Settings(**(base | changes))
+
+    def server(self, settings: Settings, folder: str, extra: list[str] = ()) -> TritonServer:
+        """A server of `settings`, its repository built in the work folder (the native target with --dali-backend)."""
+        repository = build(settings, self.work / folder)
+        return TritonServer(repository, args=server_args(settings) + list(extra), dali_backend=self.native)
+
+    def named(self, name: str) -> str:
+        return f"native_{name}" if self.native else name
 
     def add(self, run: dict) -> None:
         self.report["runs"] = [r for r in self.report["runs"] if r["name"] != run["name"]] + [run]
@@ -205,12 +220,12 @@ def _frame_size(path: Path) -> tuple[int, int]:
 def chain(bench: Bench) -> None:
     settings = bench.settings()
     window = 2 * settings.decoder_instances
-    repository = build(settings, bench.work / "repo-chain")
-    with TritonServer(repository, args=server_args(settings)) as server:
+    with bench.server(settings, "repo-chain") as server:
         pid = server.proc.pid
         runs = [("chain_mask_1min", 1), ("chain_mask_10min", 10)] + (
             [("chain_mask_60min", 60)] if bench.args.long else []
         )
+        runs = [(bench.named(name), minutes) for name, minutes in runs]
         for name, minutes in runs:
             try:
                 with bench.watch(name, pid) as use:
@@ -221,15 +236,15 @@ def chain(bench: Bench) -> None:
                 shutil.copy(server.log_path, bench.args.out / f"server-{name}.log")
                 raise
             result |= {"name": name, "input_minutes": minutes, "settings": _settings(settings)}
-            if name == "chain_mask_60min":
-                ten = next(r for r in bench.report["runs"] if r["name"] == "chain_mask_10min")
+            if minutes == 60:
+                ten = next(r for r in bench.report["runs"] if r["name"] == bench.named("chain_mask_10min"))
                 result["memory_growth_from_10min"] = {
                     "gpu": round(max(result["peak_gpu_memory_mib"]) / max(ten["peak_gpu_memory_mib"] or [1]) - 1, 4),
                     "server_rss": round(result["peak_server_rss_mib"] / ten["peak_server_rss_mib"] - 1, 4),
                 }
             bench.add(result)
         # The CLI through --url to this running server: the client's own cost alone, profiled.
-        cli(bench, "cli_segmented_1080p_url", ["--url", server.url], profile=True)
+        cli(bench, bench.named("cli_segmented_1080p_url"), ["--url", server.url], profile=True)
 
 
 SETTINGS_SHOWN = ("frames_per_chunk", "max_batch", "decoder_instances", "decoder_processes", "segmenter_instances",
@@ -305,6 +320,9 @@ def _frames_in(path: Path) -> int:
 
 
 def clis(bench: Bench) -> None:
+    if bench.native:
+        print("cli: the CLI's own local server is the Python target; the native CLI figure is the chain's _url run")
+        return
     cli(bench, "cli_segmented_1080p", [])
     cli(bench, "cli_segmented_1080p_keep_all", ["--threshold", "0"])
 
@@ -337,8 +355,7 @@ def stress(bench: Bench) -> None:
     rows, walls = [], []
     for server_changes in servers:
         settings = bench.settings(**server_changes)
-        repository = build(settings, bench.work / "repo-stress")
-        with TritonServer(repository, args=server_args(settings)) as server:
+        with bench.server(settings, "repo-stress") as server:
             last_chunk = [time.monotonic()]  # when any run of this server last got a chunk
 
             def run(client, url=server.url, last=last_chunk) -> str:
@@ -368,8 +385,8 @@ def stress(bench: Bench) -> None:
             pool.shutdown(wait=False, cancel_futures=True)
     hung = sum(r["outcome"] == "hung" for r in rows)
     failed = sum(r["outcome"].startswith("failed") for r in rows)
-    bench.add({"name": "stress_matrix", "runs": len(rows), "hung": hung, "failed": failed, "stall_seconds": stall,
-               "wall_seconds_per_server": walls, "rows": rows})  # fmt: skip
+    bench.add({"name": bench.named("stress_matrix"), "runs": len(rows), "hung": hung, "failed": failed,
+               "stall_seconds": stall, "wall_seconds_per_server": walls, "rows": rows})  # fmt: skip
 
 
 # ---------------------------------------------------------------- where a chunk's time goes
@@ -378,11 +395,10 @@ def trace(bench: Bench) -> None:
     left out of the tables (the trace's clock is this process's monotonic clock)."""
     settings = bench.settings()
     minutes = 1 if bench.cpu else 10
-    name = f"trace_chain_mask_{minutes}min"
+    name = bench.named(f"trace_chain_mask_{minutes}min")
     path = bench.args.out / f"{name}.trace.json"  # written by the server when it stops
     window = 2 * settings.decoder_instances
-    repository = build(settings, bench.work / "repo-trace")
-    with TritonServer(repository, args=server_args(settings) + triton_trace.server_args(path)) as server:
+    with bench.server(settings, "repo-trace", triton_trace.server_args(path)) as server:
         stream_video(server.url, bench.clip(1), "mask", window, None, not bench.cpu)
         since = time.monotonic_ns()
         with bench.watch(name, server.proc.pid) as use:
@@ -427,10 +443,11 @@ def sweep(bench: Bench) -> None:
         if all(key(p) in measured for p in points):
             return
         window = 2 * settings.decoder_instances
-        with TritonServer(build(settings, bench.work / "repo-sweep"), args=server_args(settings)) as server:
+        with bench.server(settings, "repo-sweep") as server:
             stream_video(server.url, bench.clip(1), "mask", window, None, not bench.cpu)
             for p in points:
-                name = "sweep_{frames_per_chunk}fpc_{decoder_instances}dec_{segment_seconds:g}s".format(**p)
+                name = bench.named("sweep_{frames_per_chunk}fpc_{decoder_instances}dec_{segment_seconds:g}s")
+                name = name.format(**p)
                 with bench.watch(name, server.proc.pid) as use:
                     result = stream_video(server.url, bench.clip(minutes), "mask", window, None, not bench.cpu,
                                           segment_seconds=p["segment_seconds"])  # fmt: skip
@@ -450,7 +467,8 @@ def sweep(bench: Bench) -> None:
         rows = [measured[key(at | {name: v})] for v in values]
         shown = ", ".join(f"{r[name]:g}: {r['frames_per_second']}" for r in rows)
         print(f"sweep over {name} (frames/s, input {minutes} min): {shown}", flush=True)
-        bench.add({"name": f"sweep_{name}", "input_minutes": minutes, "settings": _settings(base), "rows": rows})
+        bench.add({"name": bench.named(f"sweep_{name}"), "input_minutes": minutes, "settings": _settings(base),
+                   "rows": rows})  # fmt: skip
 
 
 # ---------------------------------------------------------------- two GPUs
@@ -517,6 +535,8 @@ def main() -> None:
     parser.add_argument("--no-long", dest="long", action="store_false", help="leave out the 60-minute input")
     parser.add_argument("--py-spy", type=float, metavar="SECONDS", help="dump every stub's stacks this often during "
                         "the chain, trace and sweep runs (py-spy on PATH)")  # fmt: skip
+    parser.add_argument("--dali-backend", type=Path, help="a built libtriton_dali.so (or its folder): the runs on the "
+                        "native target, named native_...")  # fmt: skip
     parser.add_argument("--sweeps", nargs="+", choices=SWEEP, default=list(SWEEP), help="which sweeps (default all)")
     parser.add_argument("--sweep-minutes", type=int, help="the sweep's input (default: 3 minutes, the CPU 1)")
     for name, (gpu, cpu) in SWEEP.items():

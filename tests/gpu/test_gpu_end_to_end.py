@@ -1,4 +1,5 @@
-"""The end-to-end tests on a GPU (run on the GPU machine: `SEGMENT_GPU_TESTS=1 pytest tests/gpu`).
+"""The end-to-end tests on a GPU (run on the GPU machine: `SEGMENT_GPU_TESTS=1 pytest tests/gpu`), on the Python
+target, and on the native target too where `SEGMENT_DALI_BACKEND` names a GPU build of Triton's DALI backend.
 
 NVDEC decodes H.264 and HEVC as sent, tensors stay on the GPU between models, the segmenter runs in float16, the
 DALI pipelines run on the executor of Triton's DALI backend (a CPU operator reading GPU data would fail here, as in
@@ -7,6 +8,7 @@ differ with the batch the server happened to form, which flips pixels within a f
 """
 
 import io
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -32,10 +34,15 @@ SETTINGS = replace(Settings(**tuned("gpu"), device="gpu", random_weights_seed=0)
 MAX_DIFFERENT = 5e-3
 
 
-@pytest.fixture(scope="module")
-def gpu_server(tmp_path_factory):
-    repository = build(SETTINGS, tmp_path_factory.mktemp("repo") / "repo")
-    with TritonServer(repository, args=server_args(SETTINGS)) as server:
+DALI_BACKEND = os.environ.get("SEGMENT_DALI_BACKEND")
+
+
+@pytest.fixture(scope="module", params=["python", *(["dali"] if DALI_BACKEND else [])])
+def gpu_server(request, tmp_path_factory):
+    settings = replace(SETTINGS, target=request.param)
+    repository = build(settings, tmp_path_factory.mktemp("repo") / "repo")
+    backend = DALI_BACKEND if request.param == "dali" else None
+    with TritonServer(repository, args=server_args(settings), dali_backend=backend) as server:
         yield server
 
 
