@@ -5,7 +5,8 @@ Python backend included), or `tritonserver` on PATH (the NGC images). On a faile
 server's log. A server never outlives what started it: a clean stop, an exception, Ctrl-C or SIGTERM stop it in
 order; a starter killed outright leaves it to `repo.reaper`, which stops the server's whole process group.
 
-    python -m repo.serve build/repo        # serve until Ctrl-C
+    python -m repo.serve build/repo        # serve until Ctrl-C, on free ports of loopback (it says which)
+    python -m repo.serve build/repo --address 0.0.0.0 --http-port 8000 --grpc-port 8001 --metrics-port 8002
     python -m repo.serve build/repo-dali --dali-backend build/native/dali   # Triton's DALI backend, built here
     SEGMENT_KEY=... python -m repo.serve build/repo --key-from-env segment-key=SEGMENT_KEY \\
         --tls-cert server.crt --tls-key server.key      # an access key and TLS (repo/access.py)
@@ -35,10 +36,24 @@ class ServerError(RuntimeError):
     pass
 
 
+PROTOCOLS = ("http", "grpc", "metrics")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _in_use(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a port in TIME_WAIT is free
+        try:
+            s.bind((address, port))
+        except OSError:
+            return True
+    return False
 
 
 def _pytriton_server(workdir: Path, dali_backend: Path | None) -> tuple[Path, Path]:
@@ -146,10 +161,14 @@ class TritonServer:
         args: list[str] = (),
         ready_timeout: float = 300.0,
         env: dict[str, str] | None = None,
+        ports: dict[str, int] | None = None,
+        address: str = "127.0.0.1",
         dali_backend: Path | None = None,
     ) -> None:
-        """`env`: more environment for the server (e.g. CUDA_VISIBLE_DEVICES for a server of one GPU). `dali_backend`:
-        a built `libtriton_dali.so` (or its folder) for the wheel's server, which has no DALI backend of its own."""
+        """`env`: more environment for the server (e.g. CUDA_VISIBLE_DEVICES for a server of one GPU). `ports`: those
+        of `PROTOCOLS` to listen on (the others: free ones); `address`: where (loopback by default, 0.0.0.0 every
+        interface). `dali_backend`: a built `libtriton_dali.so` (or its folder) for the wheel's server, which has no
+        DALI backend of its own."""
         self.repository = Path(repository).resolve()
         self.extra_args = list(args)
         self.env = dict(env or {})
@@ -157,17 +176,24 @@ class TritonServer:
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
         self._reaper_pipe: int | None = None
-        self.ports = {"http": _free_port(), "grpc": _free_port(), "metrics": _free_port()}
+        self.address = address
+        self.ports = {name: (ports or {}).get(name) or _free_port() for name in PROTOCOLS}
         self._workdir = Path(tempfile.mkdtemp(prefix="tritonserver-"))
         self.log_path = self._workdir / "server.log"
 
     @property
+    def host(self) -> str:
+        """Where this machine reaches the server: loopback when it listens on every interface."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.address, self.address)
+        return f"[{host}]" if ":" in host else host
+
+    @property
     def url(self) -> str:
-        return f"127.0.0.1:{self.ports['grpc']}"
+        return f"{self.host}:{self.ports['grpc']}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['http']}"
+        return f"http://{self.host}:{self.ports['http']}"
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         """The server's command line, and the environment its backends need."""
@@ -182,8 +208,8 @@ class TritonServer:
             str(binary),
             f"--model-repository={self.repository}",
             *backend_args,
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
+            f"--http-address={self.address}",  # metrics listen there too (tritonserver's default)
+            f"--grpc-address={self.address}",
             f"--http-port={self.ports['http']}",
             f"--grpc-port={self.ports['grpc']}",
             f"--metrics-port={self.ports['metrics']}",
@@ -192,6 +218,9 @@ class TritonServer:
         ], env
 
     def start(self) -> "TritonServer":
+        for name, port in self.ports.items():
+            if _in_use(self.address, port):
+                raise ServerError(f"the {name} port {port} on {self.address} is in use: give another")
         log = open(self.log_path, "wb")
         command, backend_env = self.command()
         # The stub imports from this environment's site-packages.
@@ -203,18 +232,24 @@ class TritonServer:
             stdin=read, start_new_session=True, cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
         os.close(read)
+        try:  # a failed start, Ctrl-C or SIGTERM while waiting: the server stops with it
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self.stop()
                 code = self.proc.returncode
                 raise ServerError(
                     f"tritonserver exited with {code} while starting (log: {self.log_path})\n{self.log()}"
                 )
             if self.ready():
-                return self
-            time.sleep(0.5)
-        self.stop()
+                return
+            time.sleep(0.2)
         raise ServerError(
             f"tritonserver was not ready after {self.ready_timeout:.0f} s (log: {self.log_path})\n{self.log()}"
         )
@@ -267,10 +302,48 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+# tritonserver's own options for where it listens: repo.serve must know them to reach it, so it takes them over.
+_LISTENING = {"--http-port": "http", "--grpc-port": "grpc", "--metrics-port": "metrics", "--http-address": "address",
+              "--grpc-address": "address", "--metrics-address": "address"}  # fmt: skip
+
+
+def _listening(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Take the listening options out of tritonserver's (after `--`) into `args`; what is left of `extra`."""
+    found, rest = _options(extra, _LISTENING)
+    for name, value in found:
+        key = _LISTENING[name]
+        if key != "address":
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                parser.error(f"{name} wants a port (1-65535), not {value!r}")
+            value = int(value)
+        if getattr(args, key) not in (None, value):
+            parser.error(f"{name} {value} differs from the {key} given before ({getattr(args, key)}): give it once")
+        setattr(args, key, value)
+    if any(value.lower() in ("false", "0") for _, value in _options(rest, {"--allow-http"})[0]):
+        parser.error("repo.serve waits for the server's readiness over HTTP: leave out --allow-http=false")
+    return rest
+
+
+def _options(tokens: list[str], names) -> tuple[list[tuple[str, str]], list[str]]:
+    """The options `names` among tritonserver's `tokens` (`--name=value` or `--name value`), and the other tokens."""
+    found, rest, each = [], [], iter(tokens)
+    for token in each:
+        name, equals, value = token.partition("=")
+        if name in names:
+            found.append((name, value if equals else next(each, "")))
+        else:
+            rest.append(token)
+    return found, rest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repository", type=Path)
     parser.add_argument("server_args", nargs="*", help="more tritonserver options, after --")
+    listen = parser.add_argument_group("where it listens (also taken from tritonserver's options after --)")
+    listen.add_argument("--address", help="the interface: 127.0.0.1 by default (loopback), 0.0.0.0 for every one")
+    for name in PROTOCOLS:
+        listen.add_argument(f"--{name}-port", type=int, dest=name, metavar="PORT", help="default: a free one")
     access = parser.add_argument_group("access (repo/access.py; health stays open)")
     access.add_argument("--key-from-env", metavar="NAME=ENVVAR", help="every protocol but health wants this key")
     access.add_argument("--control-key-from-env", metavar="NAME=ENVVAR", help="a separate key for model-repository")
@@ -282,7 +355,7 @@ def main() -> None:
     parser.add_argument("--dali-backend", type=Path, help="a built libtriton_dali.so (or its folder) for the models of "
                         "`repo.build --target dali`, when the server has no DALI backend of its own")  # fmt: skip
     args = parser.parse_intermixed_args()  # options of its own may come before or after the repository
-    extra = list(args.server_args)
+    extra = _listening(args, list(args.server_args), parser)
     chosen = (args.key_from_env, args.control_key_from_env, args.tls_cert, args.tls_key, args.tls_ca)
     if any(chosen) or args.mutual_tls or args.model_control:
         key = _key_from_env(args.key_from_env) if args.key_from_env else (None, None)
@@ -295,12 +368,24 @@ def main() -> None:
     # SIGTERM (systemd, Docker, `kill`; and as a script's background job, whose SIGINT is ignored, the only way to
     # stop it) stops the server as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
-    with TritonServer(args.repository, args=extra, dali_backend=args.dali_backend) as server:
-        print(f"ready: gRPC {server.url}, HTTP {server.http_url}, log {server.log_path}", flush=True)
-        try:
-            server.proc.wait()
-        except KeyboardInterrupt:
-            pass
+    ports = {name: getattr(args, name) for name in PROTOCOLS if getattr(args, name)}
+    try:
+        server = TritonServer(args.repository, args=extra, ports=ports, address=args.address or "127.0.0.1",
+                              dali_backend=args.dali_backend)  # fmt: skip
+        server.start()
+    except ServerError as e:  # its first line names the log, which holds the rest
+        sys.exit(f"repo.serve: error: {str(e).splitlines()[0]}")
+    except KeyboardInterrupt:
+        print("repo.serve: stopped before the server was ready", file=sys.stderr)
+        return
+    try:
+        print(f"ready: gRPC {server.url}, HTTP {server.http_url}, metrics port {server.ports['metrics']}, listening on "
+              f"{server.address}, log {server.log_path}", flush=True)  # fmt: skip
+        server.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
