@@ -21,6 +21,7 @@ import av
 import numpy as np
 
 from stream_client import output, protocol, videos
+from stream_client.audio import AudioTrack
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class SegmentJob:
     rate: Fraction | None
     kinds: tuple[str, ...]  # "segment" (the segmented video), "matte"
     parts: Path
-    source: Path  # for its audio
+    audio: tuple[AudioTrack, ...]  # the tracks the output carries
     encoding: output.Encoding
     dump_images: Path | None = None
 
@@ -62,7 +63,7 @@ class SegmentOutput:
         if "segment" in job.kinds:
             self.writers["segment"] = output.VideoWriter(
                 job.parts / output.segment_name(job.index), protocol.padded_size(*job.size), job.time_base,
-                job.rate, job.encoding, audio_from=job.source,
+                job.rate, job.encoding, audio=job.audio,
             )  # fmt: skip
         if "matte" in job.kinds:
             self.writers["matte"] = output.VideoWriter(

@@ -1,7 +1,7 @@
 """The output of a run, written while it runs: HLS playlists of MPEG-TS segments, then one MP4 per video written.
 
 Each input segment becomes `segment_NNNNN.ts` (the segmented frames, H.264, the source's timestamps, the source's
-audio of that time span copied unchanged) and, when the mask is asked for, `matte_NNNNN.ts` (the class mask as a
+audio of that time span: `audio`) and, when the mask is asked for, `matte_NNNNN.ts` (the class mask as a
 grayscale video at the model's size, shown at the source's aspect ratio). `playlist.m3u8` (and `matte.m3u8`) list
 the finished segments in order as soon as all before them are done, so a player (ffplay, VLC, Safari, hls.js) can
 open them mid-run. At the end the segments are remuxed into one MP4 each.
@@ -11,15 +11,18 @@ The segments are encoded in parallel, each by a worker process of `encoders`.
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 
+from stream_client import audio
+from stream_client.audio import AudioTrack
+
 PLAYLIST = "playlist.m3u8"
 MATTE_PLAYLIST = "matte.m3u8"
-TS_AUDIO = {"aac", "mp3", "ac3", "eac3", "mp2"}  # audio codecs MPEG-TS carries
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
@@ -47,8 +50,8 @@ def matte_path(out: Path) -> Path:
 
 
 class VideoWriter:
-    """Encodes one segment's pictures into MPEG-TS with their source timestamps; at `close`, copies in the source's
-    audio of the segment's span (when `audio_from` is given). A matte is shown at `display_aspect` (the source's
+    """Encodes one segment's pictures into MPEG-TS with their source timestamps; at `close`, copies in the `audio`
+    tracks' packets of the segment's span. A matte is shown at `display_aspect` (the source's
     width / height) however few its pixels. One encoder thread: the same frames always give the same bytes."""
 
     def __init__(
@@ -60,7 +63,7 @@ class VideoWriter:
         encoding: Encoding,
         *,
         pix_fmt: str = "yuv420p",
-        audio_from: Path | None = None,
+        audio: Sequence[AudioTrack] = (),
         display_aspect: Fraction | None = None,
     ) -> None:
         self.path, self.time_base = path, time_base
@@ -76,22 +79,14 @@ class VideoWriter:
         # No B-frames: decode order is display order, so the segments' timestamps join up in the final MP4.
         options = {"crf": str(encoding.crf), "preset": encoding.preset, "threads": "1", "bf": "0"}
         self.video.codec_context.options = options
-        self.source = audio_from
-        self.audio_in, self.audio = self._audio_stream(audio_from)
+        self.audio = [(track, self._audio_stream(track)) for track in audio if track.file is not None]
         self.count = 0
         self.first_pts: int | None = None
         self.last_pts: int | None = None
 
-    def _audio_stream(self, source: Path | None):
-        if source is None:
-            return None, None
-        with av.open(str(source)) as opened:
-            if not opened.streams.audio:
-                return None, None
-            audio = opened.streams.audio[0]
-            if audio.codec_context.name not in TS_AUDIO:
-                return None, None  # MPEG-TS cannot carry it (the README says which codecs are kept)
-            return audio.index, self.container.add_stream_from_template(audio)
+    def _audio_stream(self, track: AudioTrack) -> av.stream.Stream:
+        with av.open(track.file, format="mpegts" if track.file.endswith(".ts") else None) as opened:
+            return self.container.add_stream_from_template(opened.streams[track.stream], opaque=True)
 
     def write(self, picture: av.VideoFrame, pts: int) -> None:
         picture.pts, picture.time_base = pts, self.time_base
@@ -103,8 +98,8 @@ class VideoWriter:
     def close(self, audio_from: float | None, audio_until: float | None, frame_duration: float) -> float:
         """Finish the file, with the source's audio in [audio_from, audio_until) s (None: open); its duration (s)."""
         self.container.mux(self.video.encode())
-        if self.audio is not None:
-            self._copy_audio(audio_from, audio_until)
+        for track, stream in self.audio:
+            audio.copy_span(self.container, stream, track, audio_from, audio_until)
         self.container.close()
         os.replace(self._partial, self.path)
         if self.first_pts is None:
@@ -115,22 +110,6 @@ class VideoWriter:
         """Drop what was written (the segment will be sent again)."""
         self.container.close()
         self._partial.unlink(missing_ok=True)
-
-    def _copy_audio(self, start: float | None, until: float | None) -> None:
-        with av.open(str(self.source)) as source:
-            audio = source.streams[self.audio_in]
-            if start is not None:
-                source.seek(max(0, int(start / audio.time_base) - 1), stream=audio, any_frame=True, backward=True)
-            for packet in source.demux(audio):
-                if packet.pts is None:
-                    continue
-                t = float(packet.pts * audio.time_base)
-                if start is not None and t < start:
-                    continue
-                if until is not None and t >= until:
-                    break
-                packet.stream = self.audio
-                self.container.mux(packet)
 
 
 def write_playlist(folder: Path, durations: list[float], finished: bool, name: str = PLAYLIST,
@@ -152,16 +131,16 @@ def concat(folder: Path, count: int, out: Path, kind: str = "segment") -> None:
     """Remux segments 0..count-1 into one MP4 (no re-encoding; timestamps are already the source's)."""
     partial = out.with_name(out.name + ".partial")
     with av.open(str(partial), "w", format="mp4") as container:
-        streams: dict[str, av.stream.Stream] = {}
+        streams: dict[int, av.stream.Stream] = {}  # every segment has the same streams: the video, then the audio
         for index in range(count):
             # The format named: FFmpeg's probe does not recognise a segment of a few tiny frames as MPEG-TS.
             with av.open(str(folder / segment_name(index, kind)), format="mpegts") as segment:
                 for stream in segment.streams:
-                    if stream.type not in streams:
-                        streams[stream.type] = container.add_stream_from_template(stream, opaque=True)
+                    if stream.index not in streams:
+                        streams[stream.index] = container.add_stream_from_template(stream, opaque=True)
                 for packet in segment.demux():
-                    if packet.dts is None or packet.stream.type not in streams:
+                    if packet.dts is None or packet.stream.index not in streams:
                         continue
-                    packet.stream = streams[packet.stream.type]
+                    packet.stream = streams[packet.stream.index]
                     container.mux(packet)
     os.replace(partial, out)

@@ -23,14 +23,16 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
 import av
 import numpy as np
 
-from stream_client import gops, output, videos
+from stream_client import audio, gops, output, videos
 from stream_client.access import Tls
+from stream_client.audio import AudioTrack
 from stream_client.encoders import Encoders, SegmentJob, Written
 from stream_client.manifest import Manifest
 from stream_client.preview import Watch
@@ -59,10 +61,12 @@ class Summary:
     kept_pixels: float  # the share of pixels the mask kept, over the frames of this run
     segments: int
     reencoded_to: str | None  # the codec the client re-encoded to for a CPU server, if it did
+    audio: list[dict] = field(default_factory=list)  # per audio track of the source: copied, transcoded or left out
 
     def line(self) -> str:
         first = f"{self.first_chunk_seconds:.2f} s" if self.first_chunk_seconds is not None else "-"
         note = f", re-encoded to {self.reencoded_to} for the server's CPU decoder" if self.reencoded_to else ""
+        note += "".join(f"; {AudioTrack(**track).line()}" for track in self.audio)
         resumed = (
             f" ({self.frames - self.frames_this_run} from a previous run)" if self.frames_this_run < self.frames else ""
         )
@@ -191,6 +195,8 @@ def segment_file(
         stack.enter_context(_tidied_on_failure(manifest, parts))  # after the encoders have stopped writing
         if watch is None:  # else its page is where to watch it
             print(f"watch it while it runs: {parts / _playlists(kinds)[0][1]}", file=progress_out)
+        say = partial(print, file=progress_out, flush=True)
+        sound = audio.tracks(source, parts, say) if "segment" in kinds else []  # the matte has none
         if dump_images:
             dump_images.mkdir(parents=True, exist_ok=True)
         workers = encoders or min(window, os.cpu_count() or 1)
@@ -241,7 +247,7 @@ def segment_file(
                 watch.sent(stream.url)
             pool.start(SegmentJob(
                 segment.index, segment.data, pts, segment.first_frame, (found.height, found.width), model_size,
-                time_base, found.rate, kinds, parts, source, encoding, dump_images,
+                time_base, found.rate, kinds, parts, tuple(sound), encoding, dump_images,
             ))  # fmt: skip
             send(state)
 
@@ -326,6 +332,7 @@ def segment_file(
         str(source), str(out) if "segment" in kinds else None,
         str(output.matte_path(out)) if "matte" in kinds else None, progress.done, done, seconds,
         done / seconds if seconds > 0 else 0.0, first_chunk, kept / max(total, 1), len(plan), reencoded,
+        [track.as_dict() for track in sound],
     )  # fmt: skip
 
 

@@ -4,13 +4,16 @@ Matroska, audio in codecs MPEG-TS does not carry and in several tracks, a frame 
 import json
 from pathlib import Path
 
+import av
+import numpy as np
+import pytest
 from helpers import collect
-from test_long_video import assert_frame_exact
+from test_long_video import RATE, assert_frame_exact
 
 from repo.models import Settings
 from stream_client.cli import main
 from stream_client.probe import probe
-from stream_client.sample import make_video
+from stream_client.sample import make_video, sample_frame
 from stream_client.stream import SegmentationStream
 
 
@@ -33,3 +36,104 @@ def test_av1_in_matroska_comes_back_frame_exact_and_is_named_av1(server, tmp_pat
     with SegmentationStream(server.url) as stream:
         stream.send("as-is", source.read_bytes(), returns="mask")
         assert "reads vp8, vp9, mjpeg, not av1" in collect(stream, {"as-is"})["as-is"]
+
+
+# ---------------------------------------------------------------- audio
+# A track: (encoder, sample rate, channel layout); None: an AAC track that holds no packets.
+Track = tuple[str, int, str] | None
+
+
+def make_with_audio(path: Path, video_codec: str, tracks: list[Track], frames: int = 25) -> Path:
+    """A video with audio tracks as long as it, each a sweeping tone of its own pitch (a track mixed up with another,
+    or shifted in time, no longer matches its source)."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream(video_codec, rate=RATE)
+        video.width, video.height = 64, 48
+        video.pix_fmt = "yuvj444p" if video_codec == "mjpeg" else "yuv420p"
+        video.codec_context.options = {"g": "10"}
+        sounds = []
+        for spec in tracks:
+            encoder, rate, layout = spec or ("aac", 8000, "mono")
+            stream = container.add_stream(encoder, rate=rate)
+            stream.layout = layout
+            sounds.append((stream, [0]) if spec else None)
+        for i in range(frames):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(sample_frame(i, 48, 64), format="rgb24")))
+            for number, (stream, done) in ((n, s) for n, s in enumerate(sounds) if s):
+                while done[0] < (i + 1) * stream.rate // RATE:
+                    t = np.arange(done[0], done[0] + 1024) / stream.rate
+                    tone = 0.3 * np.sin(2 * np.pi * (200 + 90 * number) * t * (1 + t))
+                    chunk = np.repeat(tone[None].astype(np.float32), stream.layout.nb_channels, axis=0)
+                    frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=stream.layout.name)
+                    frame.sample_rate, frame.pts = stream.rate, done[0]
+                    container.mux(stream.encode(frame))
+                    done[0] += 1024
+        container.mux(video.encode())
+        for stream, _ in filter(None, sounds):
+            container.mux(stream.encode())
+    return path
+
+
+def sound(path: Path, track: int) -> tuple[float, int, np.ndarray]:
+    """Audio track `track` of `path`, decoded: (the time of its first sample, its sample rate, its samples, mono)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[track]
+        rate = stream.codec_context.sample_rate
+        mono = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        frames = list(container.decode(stream))
+        samples = np.concatenate([f.to_ndarray()[0] for frame in frames for f in mono.resample(frame)])
+        return float(frames[0].time), rate, samples
+
+
+def assert_same_sound(source: Path, track: int, out: Path, out_track: int) -> None:
+    """The output's track sounds as the source's, at the same times (to a millisecond: Matroska's timestamps), as long
+    (to a packet: an encoder's priming packet before 0 s is not copied), to the codecs' loss."""
+    start, rate, a = sound(source, track)
+    out_start, out_rate, b = sound(out, out_track)
+    assert out_rate == rate
+    nominal = round((out_start - start) * rate)  # b[i] sounds at a[i + shift]
+    assert 0 <= nominal < 0.05 * rate and abs(len(a) - nominal - len(b)) < 0.05 * rate, (nominal, len(a), len(b))
+    edge = rate // 20
+
+    def correlation(shift: int) -> float:
+        length = min(len(a) - shift, len(b))
+        return np.corrcoef(a[shift + edge : shift + length - edge], b[edge : length - edge])[0, 1]
+
+    best = max(correlation(max(shift, 0)) for shift in range(nominal - rate // 1000 - 1, nominal + rate // 1000 + 2))
+    assert best > 0.9, best
+
+
+AUDIO_CASES = {
+    # name: (container, video codec, tracks, what the output gets of each)
+    "mp3-in-avi": (".avi", "mjpeg", [("libmp3lame", 22050, "mono")], ["copied"]),
+    "opus-in-webm": (".webm", "libvpx-vp9", [("libopus", 48000, "stereo")], ["transcoded to aac"]),
+    "pcm-in-avi": (".avi", "mjpeg", [("pcm_s16le", 8000, "mono")], ["transcoded to aac"]),
+    "pcm-in-mov": (".mov", "libx264", [("pcm_s16le", 16000, "stereo")], ["transcoded to aac"]),
+    "five-tracks-in-mkv": (
+        ".mkv", "mjpeg",
+        [("aac", 8000, "mono"), ("libopus", 48000, "mono"), None, ("mp2", 32000, "stereo"), ("ac3", 48000, "stereo")],
+        ["copied", "transcoded to aac", "left out", "copied", "copied"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", AUDIO_CASES)
+def test_every_audio_track_comes_along_copied_or_transcoded_and_the_run_says_which(server, tmp_path, capsys, case):
+    suffix, video_codec, tracks, outcomes = AUDIO_CASES[case]
+    source = make_with_audio(tmp_path / f"in{suffix}", video_codec, tracks)
+    out = tmp_path / "out.mp4"
+    summary = segment(source, out, server.url)
+    assert_frame_exact(source, out)
+    assert [track["outcome"] for track in summary["audio"]] == outcomes
+    carried = [number for number, outcome in enumerate(outcomes) if outcome != "left out"]
+    with av.open(str(out)) as container:
+        assert len(container.streams.audio) == len(carried)
+    for out_track, track in enumerate(carried):
+        assert_same_sound(source, track, out, out_track)
+    err = capsys.readouterr().err
+    for number, outcome in enumerate(outcomes, 1):
+        codec = summary["audio"][number - 1]["codec"]
+        if outcome == "transcoded to aac":
+            assert f"audio {number} ({codec}) transcoded to aac: MPEG-TS does not carry {codec}" in err
+        if outcome == "left out":
+            assert f"audio {number} ({codec}) left out: the track holds no sound" in err
