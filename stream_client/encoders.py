@@ -30,7 +30,7 @@ class SegmentJob:
     data: bytes  # the segment: the source's packets, a Matroska file that decodes on its own
     pts: list[int]  # its frames' timestamps in display order, in the source's time base
     first_frame: int  # its first frame's index in the whole video (image names)
-    size: tuple[int, int]  # the source's (H, W)
+    size: tuple[int, int]  # the source's (H, W), as its first frame has it
     model_size: tuple[int, int]  # the mask's (h, w)
     time_base: Fraction
     rate: Fraction | None
@@ -43,11 +43,13 @@ class SegmentJob:
 
 @dataclass
 class Written:
-    """Event: a segment's files are complete (`duration` in seconds), or could not be written (`error`)."""
+    """Event: a segment's files are complete (`duration` in seconds), or could not be written (`error`). `sizes`:
+    where its decoded frames change size, [frame in the whole video, its pts, H, W] from its first frame on."""
 
     index: int
     duration: float | None = None
     error: str | None = None
+    sizes: list[list[int]] | None = None
 
 
 class SegmentOutput:
@@ -71,6 +73,7 @@ class SegmentOutput:
                 job.encoding, display_aspect=Fraction(job.size[1], job.size[0]),
             )  # fmt: skip
         self.count = 0
+        self.sizes: list[list[int]] = []
 
     def add(self, masks: np.ndarray) -> None:
         for mask in masks:
@@ -82,15 +85,16 @@ class SegmentOutput:
             if needs_frame and frame is None:
                 raise RuntimeError(f"the segment decodes to {self.count} frames, the server sent more masks")
             picture = videos.keep_class(frame, mask) if needs_frame else None
+            if needs_frame and (not self.sizes or self.sizes[-1][2:] != [frame.height, frame.width]):
+                self.sizes.append([self.job.first_frame + self.count, pts, frame.height, frame.width])
             if "segment" in self.writers:
                 self.writers["segment"].write(picture, pts)
             if "matte" in self.writers:
                 self.writers["matte"].write(av.VideoFrame.from_ndarray(mask * np.uint8(255), format="gray"), pts)
             if self.job.dump_images:
                 n = self.job.first_frame + self.count
-                height, width = self.job.size
                 videos.save_image(self.job.dump_images / f"original_{n:06d}.png", frame.to_ndarray(format="rgb24"))
-                rgb = picture.to_ndarray(format="rgb24")[:height, :width]
+                rgb = picture.to_ndarray(format="rgb24")[: frame.height, : frame.width]
                 videos.save_image(self.job.dump_images / f"segmented_{n:06d}.png", rgb)
             self.count += 1
 
@@ -120,7 +124,8 @@ def _work(inbox, results) -> None:
             elif kind == "masks":
                 segments[index].add(rest[0])
             elif kind == "finish":
-                results.put((index, segments.pop(index).close(*rest), None))
+                segment = segments.pop(index)
+                results.put((index, segment.close(*rest), None, segment.sizes))
             elif kind == "abandon":
                 segments.pop(index).abandon()
         except Exception as e:  # noqa: BLE001 - reaches the run as a Written event with the error

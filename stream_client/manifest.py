@@ -21,6 +21,7 @@ class Manifest:
     segments: int
     done: dict[int, float] = field(default_factory=dict)  # finished segment -> its duration in seconds
     class_name: str | None = None  # the class kept: the one asked for, else the server's default
+    sizes: dict[int, list[list[int]]] = field(default_factory=dict)  # finished segment -> `encoders.Written.sizes`
 
     @classmethod
     def new(cls, source: Path, options: dict, plan: list[SegmentPlan], class_name: str | None = None) -> "Manifest":
@@ -51,5 +52,6 @@ class Manifest:
         if not path.exists():
             return None
         data = json.loads(path.read_text())
-        data["done"] = {int(k): v for k, v in data["done"].items()}
+        for name in ("done", "sizes"):
+            data[name] = {int(k): v for k, v in data.get(name, {}).items()}
         return cls(**data)

@@ -17,8 +17,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.codeccontext import VideoCodecContext
 
-from stream_client import audio
+from stream_client import audio, videos
 from stream_client.audio import AudioTrack
 
 PLAYLIST = "playlist.m3u8"
@@ -49,10 +50,31 @@ def matte_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_matte{out.suffix}")
 
 
+def h264(
+    context: VideoCodecContext | None,
+    size: tuple[int, int],
+    time_base: Fraction,
+    rate: Fraction | None,
+    encoding: Encoding,
+    pix_fmt: str = "yuv420p",
+) -> VideoCodecContext:
+    """`context` (None: a new x264 encoder) set up as every segment is encoded, for pictures of `size` (H, W)."""
+    context = context or av.CodecContext.create("libx264", "w")
+    context.height, context.width = size
+    context.pix_fmt, context.time_base, context.framerate = pix_fmt, time_base, Fraction(rate or 30)
+    # One thread: the same frames always give the same bytes, so a resumed run equals an uninterrupted one.
+    # No B-frames: decode order is display order, so the segments' timestamps join up in the final MP4.
+    context.options = {"crf": str(encoding.crf), "preset": encoding.preset, "threads": "1", "bf": "0"}
+    return context
+
+
 class VideoWriter:
     """Encodes one segment's pictures into MPEG-TS with their source timestamps; at `close`, copies in the `audio`
-    tracks' packets of the segment's span. A matte is shown at `display_aspect` (the source's
-    width / height) however few its pixels. One encoder thread: the same frames always give the same bytes."""
+    tracks' packets of the segment's span. A matte is shown at `display_aspect` (the source's width / height) however
+    few its pixels. One encoder thread: the same frames always give the same bytes.
+
+    A picture of another size than the one before starts a new encoder for its size: MPEG-TS carries H.264 whose
+    size changes at a keyframe (its parameter sets come with each keyframe)."""
 
     def __init__(
         self,
@@ -66,19 +88,14 @@ class VideoWriter:
         audio: Sequence[AudioTrack] = (),
         display_aspect: Fraction | None = None,
     ) -> None:
-        self.path, self.time_base = path, time_base
+        self.path, self.time_base, self.rate, self.encoding, self.pix_fmt = path, time_base, rate, encoding, pix_fmt
         self._partial = path.with_name(path.name + ".partial")
         self.container = av.open(str(self._partial), "w", format="mpegts")
         self.video = self.container.add_stream("libx264", rate=Fraction(rate or 30))
-        self.video.height, self.video.width = size
-        self.video.pix_fmt = pix_fmt
-        self.video.codec_context.time_base = time_base
+        self.size = size
+        self.encoder = h264(self.video.codec_context, size, time_base, rate, encoding, pix_fmt)
         if display_aspect is not None:
-            self.video.codec_context.sample_aspect_ratio = display_aspect * Fraction(size[0], size[1])
-        # One thread: the same frames always give the same bytes, so a resumed run equals an uninterrupted one.
-        # No B-frames: decode order is display order, so the segments' timestamps join up in the final MP4.
-        options = {"crf": str(encoding.crf), "preset": encoding.preset, "threads": "1", "bf": "0"}
-        self.video.codec_context.options = options
+            self.encoder.sample_aspect_ratio = display_aspect * Fraction(size[0], size[1])
         self.audio = [(track, self._audio_stream(track)) for track in audio if track.file is not None]
         self.count = 0
         self.first_pts: int | None = None
@@ -89,15 +106,19 @@ class VideoWriter:
             return self.container.add_stream_from_template(opened.streams[track.stream], opaque=True)
 
     def write(self, picture: av.VideoFrame, pts: int) -> None:
+        if (picture.height, picture.width) != self.size:
+            self._mux(self.encoder.encode(None))
+            self.size = (picture.height, picture.width)
+            self.encoder = h264(None, self.size, self.time_base, self.rate, self.encoding, self.pix_fmt)
         picture.pts, picture.time_base = pts, self.time_base
-        self.container.mux(self.video.encode(picture))
+        self._mux(self.encoder.encode(picture))
         self.first_pts = pts if self.first_pts is None else self.first_pts
         self.last_pts = pts
         self.count += 1
 
     def close(self, audio_from: float | None, audio_until: float | None, frame_duration: float) -> float:
         """Finish the file, with the source's audio in [audio_from, audio_until) s (None: open); its duration (s)."""
-        self.container.mux(self.video.encode())
+        self._mux(self.encoder.encode(None))
         for track, stream in self.audio:
             audio.copy_span(self.container, stream, track, audio_from, audio_until)
         self.container.close()
@@ -105,6 +126,9 @@ class VideoWriter:
         if self.first_pts is None:
             return 0.0
         return float((self.last_pts - self.first_pts) * self.time_base) + frame_duration
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        _mux_to(self.container, self.video, packets)  # also those of an encoder after a size change: no stream
 
     def abandon(self) -> None:
         """Drop what was written (the segment will be sent again)."""
@@ -127,8 +151,19 @@ def write_playlist(folder: Path, durations: list[float], finished: bool, name: s
     os.replace(tmp, folder / name)
 
 
-def concat(folder: Path, count: int, out: Path, kind: str = "segment") -> None:
-    """Remux segments 0..count-1 into one MP4 (no re-encoding; timestamps are already the source's)."""
+@dataclass(frozen=True)
+class Refit:
+    """Segments whose frames are not all of the video's first size, which an MP4's one H.264 track must have: their
+    frames are scaled to `size` (H, W), their aspect kept, and encoded again."""
+
+    segments: frozenset[int]
+    size: tuple[int, int]
+    rate: Fraction | None
+    encoding: Encoding
+
+
+def concat(folder: Path, count: int, out: Path, kind: str = "segment", refit: Refit | None = None) -> None:
+    """Remux segments 0..count-1 into one MP4 (no re-encoding but `refit`'s; timestamps are already the source's)."""
     partial = out.with_name(out.name + ".partial")
     with av.open(str(partial), "w", format="mp4") as container:
         streams: dict[int, av.stream.Stream] = {}  # every segment has the same streams: the video, then the audio
@@ -138,9 +173,25 @@ def concat(folder: Path, count: int, out: Path, kind: str = "segment") -> None:
                 for stream in segment.streams:
                     if stream.index not in streams:
                         streams[stream.index] = container.add_stream_from_template(stream, opaque=True)
+                video = segment.streams.video[0]
+                encoder = None
+                if refit is not None and index in refit.segments:
+                    encoder = h264(None, refit.size, video.time_base, refit.rate, refit.encoding)
                 for packet in segment.demux():
+                    if encoder is not None and packet.stream.index == video.index:
+                        for frame in packet.decode():  # the last, empty packet ends the decoding
+                            _mux_to(container, streams[video.index], encoder.encode(videos.fit(frame, *refit.size)))
+                        continue
                     if packet.dts is None or packet.stream.index not in streams:
                         continue
                     packet.stream = streams[packet.stream.index]
                     container.mux(packet)
+                if encoder is not None:
+                    _mux_to(container, streams[video.index], encoder.encode(None))
     os.replace(partial, out)
+
+
+def _mux_to(container: av.container.OutputContainer, stream: av.stream.Stream, packets: list[av.Packet]) -> None:
+    for packet in packets:
+        packet.stream = stream
+        container.mux(packet)

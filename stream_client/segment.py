@@ -30,13 +30,13 @@ from typing import TextIO
 import av
 import numpy as np
 
-from stream_client import audio, gops, output, videos
+from stream_client import audio, gops, output, protocol, videos
 from stream_client.access import Tls
 from stream_client.audio import AudioTrack
 from stream_client.encoders import Encoders, SegmentJob, Written
 from stream_client.manifest import Manifest
 from stream_client.preview import Watch
-from stream_client.probe import probe
+from stream_client.probe import VideoProbe, probe
 from stream_client.reorder import Reorderer
 from stream_client.stream import Event, Failed, Finished, SegmentationStream, StreamError
 from stream_client.timeline import Timeline
@@ -62,11 +62,13 @@ class Summary:
     segments: int
     reencoded_to: str | None  # the codec the client re-encoded to for a CPU server, if it did
     audio: list[dict] = field(default_factory=list)  # per audio track of the source: copied, transcoded or left out
+    size_changes: list[str] = field(default_factory=list)  # where the frames change size, and what the MP4 made of it
 
     def line(self) -> str:
         first = f"{self.first_chunk_seconds:.2f} s" if self.first_chunk_seconds is not None else "-"
         note = f", re-encoded to {self.reencoded_to} for the server's CPU decoder" if self.reencoded_to else ""
         note += "".join(f"; {AudioTrack(**track).line()}" for track in self.audio)
+        note += "".join(f"; {change}" for change in self.size_changes)
         resumed = (
             f" ({self.frames - self.frames_this_run} from a previous run)" if self.frames_this_run < self.frames else ""
         )
@@ -269,6 +271,7 @@ def segment_file(
             if event.error is not None:
                 raise SegmentError(f"segment {event.index} could not be written: {event.error}")
             manifest.done[event.index] = event.duration
+            manifest.sizes[event.index] = event.sizes or []
             manifest.save(parts)
             timeline.commit(event.index)
             timeline.save(parts)
@@ -323,9 +326,18 @@ def segment_file(
                 watch.chunk(state.stream.url, len(event))
         seconds = time.monotonic() - start
         timeline.save(parts)
+        changes = _size_changes(manifest, (found.height, found.width), time_base, first_pts)
+        for change in changes:
+            print(f"the video changes size: {change}; {parts / output.PLAYLIST} has every frame at its own size, {out}"
+                  f" (MP4: one size) has them scaled to {found.width}x{found.height}, their aspect kept",
+                  file=progress_out)  # fmt: skip
+        refit = _refit(manifest, found, encoding) if changes else None
         for kind, name in _playlists(kinds):
             output.write_playlist(parts, manifest.finished_prefix(), finished=True, name=name, kind=kind)
-            output.concat(parts, len(plan), out if kind == "segment" else output.matte_path(out), kind)
+            if kind == "segment":
+                output.concat(parts, len(plan), out, kind, refit)
+            else:
+                output.concat(parts, len(plan), output.matte_path(out), kind)
         timeline.write_beside(out, kept_class)
     done = progress.this_run
     return Summary(
@@ -333,6 +345,7 @@ def segment_file(
         str(output.matte_path(out)) if "matte" in kinds else None, progress.done, done, seconds,
         done / seconds if seconds > 0 else 0.0, first_chunk, kept / max(total, 1), len(plan), reencoded,
         [track.as_dict() for track in sound],
+        [f"{change}, scaled to {found.width}x{found.height} in the MP4" for change in changes],
     )  # fmt: skip
 
 
@@ -364,6 +377,24 @@ def _next(stream: SegmentationStream, events: queue.Queue, pool: Encoders, idle:
                 pool.check()
             except RuntimeError as e:
                 raise SegmentError(str(e)) from None
+
+
+def _size_changes(manifest: Manifest, first: tuple[int, int], time_base: Fraction, first_pts: int) -> list[str]:
+    """Where the decoded frames change size, in order: "160x120 to 128x96 at frame 15 (0.60 s)"."""
+    changes, size = [], first
+    for frame, pts, height, width in sorted(run for runs in manifest.sizes.values() for run in runs):
+        if (height, width) != size:
+            seconds = float((pts - first_pts) * time_base)
+            changes.append(f"{size[1]}x{size[0]} to {width}x{height} at frame {frame} ({seconds:.2f} s)")
+            size = (height, width)
+    return changes
+
+
+def _refit(manifest: Manifest, found: VideoProbe, encoding: output.Encoding) -> output.Refit:
+    """The segments whose frames are not all of the video's first size, which the MP4 gets scaled to it."""
+    first = [found.height, found.width]
+    scaled = frozenset(i for i, runs in manifest.sizes.items() if any(run[2:] != first for run in runs))
+    return output.Refit(scaled, protocol.padded_size(found.height, found.width), found.rate, encoding)
 
 
 def _playlists(kinds: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -32,7 +32,13 @@ def reencode_for_cpu(source: Path | bytes, rate: Fraction | None) -> bytes:
                 stream.height, stream.width = image.shape[:2]
                 stream.pix_fmt = CPU_PIX_FMT
                 stream.codec_context.options = {"qmin": "1", "qmax": "2"}
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if image.shape[:2] != (stream.height, stream.width):
+                # A frame of another size (two recordings joined) is stretched to the first's: the server decodes one
+                # size, and the mask it sends back is at the model's size whatever the frame's; the client scales it
+                # to each frame's own size.
+                picture = picture.reformat(width=stream.width, height=stream.height)
+            container.mux(stream.encode(picture))
         if stream is not None:
             container.mux(stream.encode())
     return out.getvalue()
@@ -63,6 +69,24 @@ def keep_class(frame: av.VideoFrame, mask: np.ndarray) -> av.VideoFrame:
         out = _plane(picture.planes[plane], rows, columns)
         out.fill(black)
         np.copyto(out, _plane(frame.planes[plane], rows, columns), where=where.view(bool))
+    return picture
+
+
+def fit(frame: av.VideoFrame, height: int, width: int) -> av.VideoFrame:
+    """The frame scaled to fit (height, width), both even, with its aspect kept, centred on black: yuv420p."""
+    if (frame.height, frame.width) == (height, width):
+        return frame
+    scale = min(height / frame.height, width / frame.width)
+    h, w = (max(2, round(side * scale / 2) * 2) for side in (frame.height, frame.width))
+    scaled = frame.reformat(width=w, height=h, format="yuv420p", threads=1)
+    picture = av.VideoFrame(width, height, "yuv420p")
+    picture.pts, picture.time_base = frame.pts, frame.time_base
+    top, left = (height - h) // 4 * 2, (width - w) // 4 * 2  # even: the chroma planes are half the size
+    for plane, sub, black in zip(range(3), (1, 2, 2), (16, 128, 128), strict=True):
+        out = _plane(picture.planes[plane], height // sub, width // sub)
+        out.fill(black)
+        rows, columns = slice(top // sub, (top + h) // sub), slice(left // sub, (left + w) // sub)
+        out[rows, columns] = _plane(scaled.planes[plane], h // sub, w // sub)
     return picture
 
 

@@ -2,6 +2,7 @@
 Matroska, audio in codecs MPEG-TS does not carry and in several tracks, a frame size that changes mid-stream."""
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -137,3 +138,80 @@ def test_every_audio_track_comes_along_copied_or_transcoded_and_the_run_says_whi
             assert f"audio {number} ({codec}) transcoded to aac: MPEG-TS does not carry {codec}" in err
         if outcome == "left out":
             assert f"audio {number} ({codec}) left out: the track holds no sound" in err
+
+
+# ---------------------------------------------------------------- a size that changes mid-stream
+def joined_recordings(path: Path, codec: str, sizes: list[tuple[int, int]], each: int = 15) -> Path:
+    """Recordings of different sizes (W, H) joined at a keyframe, as an editor or a camera's restart leaves them: an
+    encoder per recording, all in one stream (H.264 in MPEG-TS and VP8 carry the size with each keyframe)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = *sizes[0], "yuv420p"
+        for part, (width, height) in enumerate(sizes):
+            encoder = stream.codec_context if part == 0 else av.CodecContext.create(codec, "w")
+            encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+            encoder.time_base, encoder.framerate, encoder.options = Fraction(1, RATE), Fraction(RATE), {"g": "10"}
+            for i in range(part * each, (part + 1) * each):
+                frame = av.VideoFrame.from_ndarray(sample_frame(i, height, width), format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, RATE)
+                for packet in [*encoder.encode(frame), *([] if i < (part + 1) * each - 1 else encoder.encode(None))]:
+                    packet.stream = stream
+                    container.mux(packet)
+    return path
+
+
+def frames_of(paths: list[Path]) -> list[av.VideoFrame]:
+    frames = []
+    for path in paths:
+        with av.open(str(path), format="mpegts" if path.suffix == ".ts" else None) as container:
+            frames += [frame.reformat(format="rgb24") for frame in container.decode(video=0)]
+    return frames
+
+
+def assert_nearest(got: list[np.ndarray], expected: list[np.ndarray]) -> None:
+    """Each frame of `got` is its own counterpart up to the codecs' loss (a few levels on average; a frame stretched
+    instead of letterboxed is 38 off) and nearer to it than to any other of its size."""
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    for i, frame in enumerate(got):
+        same = [j for j, e in enumerate(expected) if e.shape == frame.shape]
+        distance = [np.abs(frame.astype(np.int16) - expected[j].astype(np.int16)).mean() for j in same]
+        assert same[int(np.argmin(distance))] == i and distance[same.index(i)] < 5, (i, distance)
+
+
+def letterboxed(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
+    """The frame scaled to fit (height, width) with its aspect kept, centred on black: what the MP4 should hold."""
+    scale = min(height / frame.height, width / frame.width)
+    h, w = round(frame.height * scale), round(frame.width * scale)
+    out = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - h) // 2, (width - w) // 2
+    out[top : top + h, left : left + w] = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
+    return out
+
+
+@pytest.mark.parametrize(
+    "suffix, codec, sizes",
+    [(".ts", "libx264", [(160, 120), (128, 96)]), (".webm", "libvpx", [(160, 120), (128, 96)]),
+     (".webm", "libvpx", [(160, 120), (96, 96)])],
+    ids=["h264-in-ts", "vp8-in-webm", "vp8-in-webm-to-square"],
+)  # fmt: skip
+def test_a_size_change_is_kept_in_the_segments_and_scaled_in_the_mp4_and_said(server, tmp_path, capsys, suffix, codec,
+                                                                               sizes):  # fmt: skip
+    source = joined_recordings(tmp_path / f"in{suffix}", codec, sizes)
+    out = tmp_path / "out.mp4"
+    summary = segment(source, out, server.url)
+    original = frames_of([source])
+    change = next(i for i, frame in enumerate(original) if (frame.width, frame.height) != sizes[0])
+    seconds = float(original[change].time - original[0].time)
+    (first, second) = (f"{w}x{h}" for w, h in sizes)
+    where = f"{first} to {second} at frame {change} ({seconds:.2f} s)"
+    err = capsys.readouterr().err
+    assert f"the video changes size: {where}" in err and f"scaled to {first}, their aspect kept" in err, err
+    assert summary["size_changes"] == [f"{where}, scaled to {first} in the MP4"]
+    # The segments, what the playlist plays, hold each frame at its own size.
+    segments = sorted((tmp_path / "out.mp4.parts").glob("segment_*.ts"))
+    assert_nearest([f.to_ndarray() for f in frames_of(segments)], [f.to_ndarray() for f in original])
+    # The MP4 holds one size, the first: the other frames scaled to it, their aspect kept, at their own times.
+    mp4 = frames_of([out])
+    assert [f.time for f in mp4] == pytest.approx([f.time for f in original], abs=1e-3)
+    width, height = sizes[0]
+    assert_nearest([f.to_ndarray() for f in mp4], [letterboxed(f, height, width) for f in original])
