@@ -209,7 +209,7 @@ def test_a_run_failing_mid_segment_exits_at_once_every_time(server, video, tmp_p
         seconds.append(time.monotonic() - start)
         assert run.returncode == 1, err
         last = err.splitlines()[-1]
-        assert re.match(r"segment-video: error: the server failed on segment \d of .*: decoding failed: Failed to send "
+        assert re.match(r"segment-video: error: the server failed on segment \d of .*: Runtime error: Failed to send "
                         r"packet to decoder: Invalid data found when processing input \(no segment was finished\)$",
                         last), err  # fmt: skip
         assert "Traceback" not in err, err
