@@ -56,7 +56,7 @@ def _in_use(address: str, port: int) -> bool:
     return False
 
 
-def _pytriton_server(workdir: Path, dali_backend: Path | None) -> tuple[Path, Path]:
+def _pytriton_server(workdir: Path, dali_backend: Path | None = None) -> tuple[Path, Path]:
     """The wheel's binary, and a backend directory whose Python stub matches this Python's version (and the DALI
     backend's folder, when given)."""
     root = pytriton_server_root()
