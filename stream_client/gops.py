@@ -54,7 +54,8 @@ def plan(
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         time_base = stream.time_base or Fraction(1, 1)
-        nal_check = _nal_checker(stream.codec_context.name, bytes(stream.codec_context.extradata or b""))
+        context = stream.codec_context
+        nal_check = _nal_checker(context.codec.canonical_name, bytes(context.extradata or b""))
         times, sizes = array("q"), array("q")
         candidates: list[int] = []  # keyframes whose bitstream allows a clean start
         timed = True
@@ -117,7 +118,9 @@ def segments(path: Path, plan: list[SegmentPlan] | None = None, **limits) -> Ite
                 pass
             out = io.BytesIO()
             with av.open(out, "w", format="matroska") as output:
-                target = output.add_stream_from_template(stream)
+                # Opaque: the stream's parameters copied as they are. Otherwise PyAV looks for an encoder named after
+                # the decoder, and a decoder with no encoder of its name (libdav1d, AV1's) fails the copy.
+                target = output.add_stream_from_template(stream, opaque=True)
                 for packet in islice(packets, part.end_packet - part.first_packet):
                     packet.stream = target
                     output.mux(packet)

@@ -158,7 +158,7 @@ def concat(folder: Path, count: int, out: Path, kind: str = "segment") -> None:
             with av.open(str(folder / segment_name(index, kind)), format="mpegts") as segment:
                 for stream in segment.streams:
                     if stream.type not in streams:
-                        streams[stream.type] = container.add_stream_from_template(stream)
+                        streams[stream.type] = container.add_stream_from_template(stream, opaque=True)
                 for packet in segment.demux():
                     if packet.dts is None or packet.stream.type not in streams:
                         continue

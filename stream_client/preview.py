@@ -149,7 +149,7 @@ def _fragmented_mp4(ts: Path) -> bytes:
     out = io.BytesIO()
     options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
     with av.open(str(ts), format="mpegts") as source, av.open(out, "w", format="mp4", options=options) as target:
-        stream = target.add_stream_from_template(source.streams.video[0])
+        stream = target.add_stream_from_template(source.streams.video[0], opaque=True)
         for packet in source.demux(source.streams.video[0]):
             if packet.dts is not None:
                 packet.stream = stream

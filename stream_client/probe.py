@@ -36,7 +36,7 @@ def probe(data: bytes | bytearray | memoryview | Path) -> VideoProbe:
                 if p.size > 0:
                     packets += 1
                     shown += not p.is_discard
-            codec = stream.codec_context.name
+            codec = stream.codec_context.codec.canonical_name  # the codec's name (av1), not its decoder's (libdav1d)
             width, height = stream.codec_context.width, stream.codec_context.height
             rate = stream.average_rate or stream.guessed_rate
             edit_lists = "mov" in container.format.name.split(",")
