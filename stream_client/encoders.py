@@ -140,6 +140,7 @@ class Encoders:
                          for inbox in self._inboxes]  # fmt: skip
         self._events = events
         self._owner: dict[int, int] = {}
+        self._stopped = threading.Event()
 
     def __enter__(self) -> "Encoders":
         for worker in self._workers:
@@ -148,13 +149,19 @@ class Encoders:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        for inbox in self._inboxes:
-            inbox.put(None)
+        if exc_type is None:
+            for inbox in self._inboxes:
+                inbox.put(None)
+            for worker in self._workers:
+                worker.join(timeout=30)
+        # A failed run does not wait for its encoders. A worker killed mid-message leaves its inbox's pipe full and
+        # this process's feeder thread blocked on it for ever; multiprocessing joins feeders at exit, so not these.
         for worker in self._workers:
-            worker.join(timeout=0 if exc_type is not None else 30)  # a failed run does not wait for its encoders
             if worker.is_alive():
                 worker.kill()
-        self._results.put(None)
+        for inbox in self._inboxes:
+            inbox.cancel_join_thread()
+        self._stopped.set()
 
     def check(self) -> None:
         """Raise if a worker process has ended (killed, or out of memory): its segments would never be written."""
@@ -163,7 +170,13 @@ class Encoders:
                 raise RuntimeError(f"an encoder process ended (exit code {worker.exitcode}): its segments are lost")
 
     def _forward(self) -> None:
-        while (result := self._results.get()) is not None:
+        # Polled, and nothing is put on the results here: a worker killed while writing holds the queue's lock, and
+        # a message cut short by it never ends (this thread then waits, a daemon, and the run exits all the same).
+        while not self._stopped.is_set():
+            try:
+                result = self._results.get(timeout=0.2)
+            except queue.Empty:
+                continue
             self._events.put(Written(*result))
 
     def start(self, job: SegmentJob) -> None:

@@ -187,6 +187,7 @@ def segment_file(
         max_frames = min(i.max_frames(found.height, found.width, frames=False) for i in infos.values())
         plan = gops.plan(source, max_seconds=max_seconds, max_bytes=max_bytes, max_frames=max_frames)
         manifest = _prepare_parts(parts, Manifest.new(source, options, plan), resume)
+        stack.enter_context(_tidied_on_failure(manifest, parts))  # after the encoders have stopped writing
         if dump_images:
             dump_images.mkdir(parents=True, exist_ok=True)
         workers = encoders or min(window, os.cpu_count() or 1)
@@ -284,7 +285,7 @@ def segment_file(
                 if state.attempts > retries:
                     raise SegmentError(
                         f"the server failed on segment {state.segment.index} of {source}: {event.message} "
-                        f"({len(manifest.done)} of {len(plan)} segments are done in {parts})"
+                        f"({_what_is_done(manifest, parts)})"
                     )
                 print(f"segment {state.segment.index} failed ({event.message}): trying again", file=progress_out)
                 progress.undo(state.frames)
@@ -381,8 +382,28 @@ def _resumable(manifest: Manifest, parts: Path) -> Iterator[None]:
     try:
         yield
     except StreamError as e:
-        done = f"{len(manifest.done)} of {manifest.segments} segments are done in {parts}"
-        raise StreamError(f"{e} ({done}; run again with --resume to go on)") from None
+        raise StreamError(f"{e} ({_what_is_done(manifest, parts)})") from None
+
+
+def _what_is_done(manifest: Manifest, parts: Path) -> str:
+    if not manifest.done:
+        return "no segment was finished"
+    return f"{len(manifest.done)} of {manifest.segments} segments are done in {parts}; run again with --resume to go on"
+
+
+@contextlib.contextmanager
+def _tidied_on_failure(manifest: Manifest, parts: Path) -> Iterator[None]:
+    """A run that fails or is cancelled leaves what a resumed run uses: no half-written files, and no parts folder at
+    all when no segment was finished."""
+    try:
+        yield
+    except BaseException:
+        if manifest.done:
+            for partial in parts.glob("*.partial"):
+                partial.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
 
 
 def parts_folder(out: Path) -> Path:

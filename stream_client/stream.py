@@ -63,6 +63,10 @@ class Failed:
 Event = Chunk | Finished | Failed
 
 _ENSEMBLE = re.compile(r"^in ensemble '[^']*', ")  # what Triton puts before a step's error
+# A DALI pipeline's error: the operator's definition traceback, then what went wrong after "encountered:".
+_DALI = re.compile(
+    r"Critical error in pipeline:.*?encountered:\s*(?:Assert on \"[^\n]*?\" failed: )?(?P<error>[^\n]*).*", re.DOTALL
+)
 # What Triton says when a restricted protocol is called without its header (or with a wrong value).
 _RESTRICTED = re.compile(r"restricted, expecting header '(?P<header>[^']+)'")
 
@@ -109,6 +113,11 @@ def explain(
             cause = "it may not accept this client certificate"
         return f"the server at {url} closed the connection: {cause} ({message})"
     return f"no Triton server at {url}: {message}"
+
+
+def one_line(message: str) -> str:
+    """A server's error as one line: without Triton's ensemble prefix and DALI's traceback of its pipeline."""
+    return " ".join(_DALI.sub(r"\g<error>", _ENSEMBLE.sub("", message)).split())
 
 
 def frame_size(data: bytes) -> tuple[int, int]:
@@ -253,7 +262,7 @@ class SegmentationStream:
         result = response.infer_response
         if response.error_message:
             sent = self._sent.pop(result.id, None)
-            self._events.put(Failed(result.id if sent else None, _ENSEMBLE.sub("", response.error_message)))
+            self._events.put(Failed(result.id if sent else None, one_line(response.error_message)))
             return
         sent = self._sent[result.id]
         if result.outputs:

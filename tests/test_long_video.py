@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -171,3 +172,51 @@ def test_a_cancelled_run_leaves_the_server_serving(server, video, tmp_path):
         result = collect(stream, {"after"})["after"]
     assert not isinstance(result, str), result
     assert sum(len(c.frames) for c in result) == 9
+
+
+def mjpeg_with_garbage(path: Path, frames: int, garbage: set[int], width: int = 160, height: int = 120) -> Path:
+    """MJPEG in Matroska whose frames `garbage` are packets of zeros: the container is sound, their decoding fails."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj444p"
+        for i in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(sample_frame(i, height, width), format="rgb24")):
+                if i in garbage:
+                    zeros = av.Packet(bytes(packet.size))
+                    zeros.pts, zeros.dts, zeros.time_base = packet.pts, packet.dts, packet.time_base
+                    packet = zeros
+                packet.stream = stream
+                container.mux(packet)
+        container.mux(stream.encode())
+    return path
+
+
+def test_a_run_failing_mid_segment_exits_at_once_every_time(server, video, tmp_path):
+    # Three segments of 25 frames, 58 KB each: more than a pipe holds, so when the run fails the encoders' inboxes
+    # are mid-message (their processes still starting). The second segment fails 10 frames in, after its first
+    # chunk; the others at their second frame, so that the server is left with little work from each failed run.
+    source = mjpeg_with_garbage(tmp_path / "in.mkv", 75, {1, 35, 51})
+    out = tmp_path / "out.mp4"
+    seconds = []
+    for attempt in range(20):
+        start = time.monotonic()
+        run = cli(source, out, server.url, "--segment-seconds", "1", "--window", "3", "--retries", "0")
+        try:
+            _, err = run.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            pytest.fail(f"run {attempt} did not exit: {run.communicate()[1]}")
+        seconds.append(time.monotonic() - start)
+        assert run.returncode == 1, err
+        last = err.splitlines()[-1]
+        assert re.match(r"segment-video: error: the server failed on segment \d of .*: decoding failed: Failed to send "
+                        r"packet to decoder: Invalid data found when processing input \(no segment was finished\)$",
+                        last), err  # fmt: skip
+        assert "Traceback" not in err, err
+        assert not parts_folder(out).exists()  # nothing to resume: no folder left
+    print(f"20 failed runs, each until its exit: {min(seconds):.1f} to {max(seconds):.1f} s")
+    with SegmentationStream(server.url) as stream:
+        stream.send("after", video(9))
+        result = collect(stream, {"after"})["after"]
+    assert not isinstance(result, str), result
+    assert sum(len(c) for c in result) == 9
