@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from stream_client.access import access_from, add_access_arguments
-from stream_client.output import PLAYLIST, PRESETS, Encoding
+from stream_client.output import PRESETS, Encoding
 from stream_client.preview import FinishedRun, PreviewServer, Watch, parse_address
 from stream_client.sample import make_video
 from stream_client.segment import RETURNS, SegmentError, parts_folder, segment_file
@@ -152,8 +152,6 @@ def run(args: argparse.Namespace, local) -> int:
             preview = stack.enter_context(PreviewServer(parse_address(args.preview), parts_folder(out), watch))
             stack.callback(lambda: linger and _linger(preview.url))  # after the local server has stopped
             print(f"watch it while it runs: {preview.url}", file=sys.stderr)
-        else:
-            print(f"watch it while it runs: {parts_folder(out) / PLAYLIST}", file=sys.stderr)
         try:
             if args.urls:
                 tls, headers = access_from(args)

@@ -188,6 +188,8 @@ def segment_file(
         plan = gops.plan(source, max_seconds=max_seconds, max_bytes=max_bytes, max_frames=max_frames)
         manifest = _prepare_parts(parts, Manifest.new(source, options, plan), resume)
         stack.enter_context(_tidied_on_failure(manifest, parts))  # after the encoders have stopped writing
+        if watch is None:  # else its page is where to watch it
+            print(f"watch it while it runs: {parts / _playlists(kinds)[0][1]}", file=progress_out)
         if dump_images:
             dump_images.mkdir(parents=True, exist_ok=True)
         workers = encoders or min(window, os.cpu_count() or 1)

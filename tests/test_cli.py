@@ -78,6 +78,26 @@ def test_errors_are_one_clear_line(server, tmp_path, capsys):
     assert main([str(bad), "--url", "127.0.0.1:1", "--out", str(tmp_path / "x.mp4")]) == 1
 
 
+def test_where_to_watch_a_run_is_said_once_it_runs_and_an_error_run_says_only_its_error(
+    server, video_file, tmp_path, capsys
+):
+    source = video_file(9)
+    out = tmp_path / "out.mp4"
+    # Refused before it starts: a file that is not a video, a server that is not there. The error, and nothing else.
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a video")
+    for video, url in ((bad, server.url), (source, "127.0.0.1:1")):
+        assert main([str(video), "--url", url, "--out", str(out)]) == 1
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("segment-video: error: "), line
+        assert not (tmp_path / "out.mp4.parts").exists()
+    assert main([str(source), "--url", server.url, "--out", str(out), "--returns", "mask"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    watch = [i for i, line in enumerate(lines) if line.startswith("watch it while it runs: ")]
+    assert len(watch) == 1 and lines[watch[0]].endswith("out.mp4.parts/matte.m3u8")
+    assert watch[0] < min(i for i, line in enumerate(lines) if " chunk " in line)
+
+
 def test_local_server_is_started_and_stopped_by_the_cli(video_file, tmp_path):
     source = video_file(10, width=32, height=32, codec="libvpx-vp9", suffix=".webm")
     out = tmp_path / "out.mp4"
