@@ -20,12 +20,13 @@ class Manifest:
     plan_digest: str
     segments: int
     done: dict[int, float] = field(default_factory=dict)  # finished segment -> its duration in seconds
+    class_name: str | None = None  # the class kept: the one asked for, else the server's default
 
     @classmethod
-    def new(cls, source: Path, options: dict, plan: list[SegmentPlan]) -> "Manifest":
+    def new(cls, source: Path, options: dict, plan: list[SegmentPlan], class_name: str | None = None) -> "Manifest":
         stat = source.stat()
         digest = hashlib.sha256(json.dumps([asdict(p) for p in plan]).encode()).hexdigest()
-        return cls(str(source.resolve()), stat.st_size, stat.st_mtime_ns, options, digest, len(plan))
+        return cls(str(source.resolve()), stat.st_size, stat.st_mtime_ns, options, digest, len(plan), {}, class_name)
 
     def same_run(self, other: "Manifest") -> bool:
         return (self.source, self.source_size, self.source_mtime_ns, self.options, self.plan_digest) == (

@@ -47,6 +47,7 @@ class Watch:
     def start(self, manifest: Manifest, timeline: Timeline, total: int, done: int, urls: list[str], kind: str) -> None:
         with self.lock:
             self.manifest, self.timeline, self.kind = manifest, timeline, kind
+            self.class_name = manifest.class_name or self.class_name  # named, the server's default too
             self.total, self.done, self.segments, self.state = total, done, manifest.segments, "running"
             self.servers = {url: {"in_flight": 0, "frames": 0} for url in urls}
             self.started = time.monotonic()

@@ -186,7 +186,8 @@ def segment_file(
         # No longer than every server takes: a request's frames must fit its share of the server's memory.
         max_frames = min(i.max_frames(found.height, found.width, frames=False) for i in infos.values())
         plan = gops.plan(source, max_seconds=max_seconds, max_bytes=max_bytes, max_frames=max_frames)
-        manifest = _prepare_parts(parts, Manifest.new(source, options, plan), resume)
+        kept_class = class_name or infos[streams[0].url].default_class
+        manifest = _prepare_parts(parts, Manifest.new(source, options, plan, kept_class), resume)
         stack.enter_context(_tidied_on_failure(manifest, parts))  # after the encoders have stopped writing
         if watch is None:  # else its page is where to watch it
             print(f"watch it while it runs: {parts / _playlists(kinds)[0][1]}", file=progress_out)
@@ -319,7 +320,7 @@ def segment_file(
         for kind, name in _playlists(kinds):
             output.write_playlist(parts, manifest.finished_prefix(), finished=True, name=name, kind=kind)
             output.concat(parts, len(plan), out if kind == "segment" else output.matte_path(out), kind)
-        timeline.write_beside(out, class_name or infos[streams[0].url].default_class)
+        timeline.write_beside(out, kept_class)
     done = progress.this_run
     return Summary(
         str(source), str(out) if "segment" in kinds else None,

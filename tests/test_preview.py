@@ -20,6 +20,8 @@ import pytest
 from helpers import as_a_foreground_job
 from test_long_video import make_av
 
+from stream_client.stream import SegmentationStream
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "out" / "test-artifacts"
 FRAMES, RATE = 200, 25  # 8 seconds, a keyframe every 10 frames
@@ -171,3 +173,21 @@ def test_a_failed_run_says_which_segments_failed(server, tmp_path):
         assert "unknown class 'unicorn'" in state["error"]
     finally:
         assert stop(proc) == 1
+
+
+def test_a_run_without_a_class_names_the_servers_default(server, tmp_path):
+    with SegmentationStream(server.url) as stream:
+        default = stream.server_info().default_class  # what the server says in its parameters
+    source = make_av(tmp_path / "in.mp4", 10, audio=False)
+    out = tmp_path / "out.mp4"
+    proc, url = start(str(source), "--url", server.url, "--out", str(out), "--preview", f"127.0.0.1:{free_port()}")
+    try:
+        state = wait_for(lambda: (s := status(url))["state"] == "finished" and s, 120, "the run to finish")
+        assert state["class"] == default
+    finally:
+        assert stop(proc) == 0
+    viewer, url = start("--preview", f"127.0.0.1:{free_port()}", "--out", str(out))  # the finished run's page
+    try:
+        assert status(url)["class"] == default
+    finally:
+        assert stop(viewer) == 0
