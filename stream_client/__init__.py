@@ -1,9 +1,9 @@
 """The client: stream videos to a Triton server of this project over gRPC and get their segmentation back.
 
-It installs without the server (`pip install triton-video-segmentation`: tritonclient, PyAV, numpy) and meets the
-server only at `protocol`, the wire protocol both sides import. Modules: `stream` (one gRPC stream: videos in, chunk
-events out), `segment` (the whole job for one file of any length: segments, windows over servers, resume),
-`encoders` and `output` (the output files, written in parallel), `gops` (cutting at safe keyframes), `probe`,
+It installs without the server (`pip install ./triton-video-segmentation` from a checkout: tritonclient, PyAV, numpy)
+and meets the server only at `protocol`, the wire protocol both sides import. Modules: `stream` (one gRPC stream:
+videos in, chunk events out), `segment` (the whole job for one file of any length: segments, windows over servers,
+resume), `encoders` and `output` (the output files, written in parallel), `gops` (cutting at safe keyframes), `probe`,
 `videos` (PyAV), `access` (TLS, access keys), `cli` (the `segment-video` command).
 
     from stream_client.stream import Chunk, Failed, Finished, SegmentationStream

@@ -1,9 +1,10 @@
 """Segment a video: `segment-video VIDEO` (or `python -m stream_client VIDEO`).
 
 With --url, the video goes to that server (repeat it to spread a long video over several). Without, a local
-tritonserver is started on loopback with a model repository built for this machine and stopped at the end (the
-server side: `pip install 'triton-video-segmentation[server]'`). Writes the segmented video (H.264 MP4) and, with
---returns mask or both, the class mask as a grayscale (matte) video beside it; prints a line per chunk and a summary.
+tritonserver is started on loopback with a model repository built for this machine and stopped at the end (the server
+side: `pip install './triton-video-segmentation[server]'` from a checkout). Writes the segmented video (H.264 MP4)
+and, with --returns mask or both, the class mask as a grayscale (matte) video beside it; prints a line per chunk and a
+summary.
 
     segment-video --sample                                  # a generated sample video
     segment-video path/to/video.mp4 --out segmented.mp4 --class person --threshold 0.5
@@ -33,8 +34,9 @@ from stream_client.segment import RETURNS, SegmentError, parts_folder, segment_f
 from stream_client.stream import StreamError
 
 SERVER_EXTRA = (
-    "the local server (no --url) is the server side of this package: pip install 'triton-video-segmentation[server]' "
-    "(NVIDIA DALI, torch, tritonserver), or give --url HOST:PORT of a running server"
+    "the local server (no --url) is the server side of this package: install it from its checkout, pip install "
+    "'./triton-video-segmentation[server]' (NVIDIA DALI, torch, tritonserver), or give --url HOST:PORT of a running "
+    "server"
 )
 
 
