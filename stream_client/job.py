@@ -250,6 +250,7 @@ class Job:
 
     def fail(self, error: str) -> Outcome:
         self.state, self.error = "failed", error
+        self.writing.clear()  # its encoders finish on their own; the run no longer waits for them
         self.source.stop()
         if self.watch is not None:
             self.watch.end(error)

@@ -57,10 +57,13 @@ class Run:
         self.fail_fast, self.finished = fail_fast, finished
         self.outcomes: dict[int, Outcome] = {}
         self.stopping = False
+        self._stop_asked = threading.Event()  # set from a signal handler; the loop stops in its own time
         self.most_videos_in_flight = 0
 
     def go(self) -> None:
         while True:
+            if self._stop_asked.is_set() and not self.stopping:
+                self._stop()
             self._fill()
             for job in self.jobs:
                 self._guarded(job, job.poll)
@@ -73,7 +76,12 @@ class Run:
                 self._handle(event)
 
     def stop(self) -> None:
-        """Ctrl-C with a live source: the sources end, and what they gave is finished and written."""
+        """Ctrl-C with a live source: the sources end, and what they gave is finished and written. Safe in a signal
+        handler: the loop does it, within a second (no queue's lock is taken here: the handler may have interrupted
+        its holder)."""
+        self._stop_asked.set()
+
+    def _stop(self) -> None:
         self.stopping = True
         for job in self.jobs:
             if job.state == "waiting":
