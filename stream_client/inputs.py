@@ -31,14 +31,14 @@ class Input:
         if self.source == STDIN:
             return "stdin"
         if is_live(self.source):
-            return re.sub(r"[^A-Za-z0-9.-]+", "_", self.source.split("://", 1)[1]).strip("_") or "live"
+            return re.sub(r"[^A-Za-z0-9.-]+", "_", self.source).strip("_")
         return Path(self.source).stem
 
 
 def expand(names: list[str], recursive: bool = False, out_dir: Path | None = None) -> tuple[list[Input], bool]:
     """The inputs the names stand for, and whether a folder was among them. ValueError for a name that is neither a
-    file, a folder, `-` nor a URL. A folder's files are sorted; the output folder, and parts folders, are passed
-    over."""
+    file, a folder, `-` nor a URL. A folder's files are sorted; parts folders, and the outputs of a run in the output
+    folder, are passed over."""
     inputs, folders = [], False
     skip = out_dir.resolve() if out_dir else None
     for name in names:
@@ -54,7 +54,7 @@ def expand(names: list[str], recursive: bool = False, out_dir: Path | None = Non
                     file.is_file()
                     and file.suffix.lower() in VIDEO_SUFFIXES
                     and not any(part.endswith(".parts") for part in file.relative_to(path).parts)
-                    and not (skip and file.resolve().is_relative_to(skip))
+                    and not (skip and file.resolve().is_relative_to(skip) and _an_output(file))
                 ):
                     inputs.append(Input(str(file), file.parent.relative_to(path)))
         elif path.exists():
@@ -66,11 +66,17 @@ def expand(names: list[str], recursive: bool = False, out_dir: Path | None = Non
     return inputs, folders
 
 
+def _an_output(file: Path) -> bool:
+    """A segmented video or its matte, as a run writes them."""
+    return file.name.endswith((SUFFIX, SUFFIX.replace(".mp4", "_matte.mp4")))
+
+
 def outputs(inputs: list[Input], out_dir: Path) -> list[Path]:
     """Each input's output in `out_dir`, named after it; no two alike."""
-    names = [out_dir / i.folder / (i.name + SUFFIX) for i in inputs]
+    first = [out_dir / i.folder / (i.name + SUFFIX) for i in inputs]
+    names = list(first)
     for k, i in enumerate(inputs):
-        if names.count(names[k]) > 1 and not is_live(i.source):
+        if first.count(first[k]) > 1 and not is_live(i.source):
             extension = Path(i.source).suffix.lstrip(".")
             names[k] = out_dir / i.folder / f"{i.name}_{extension}{SUFFIX}"
     seen: dict[Path, int] = {}

@@ -10,8 +10,11 @@ The source ends at its end of stream, when a URL sends nothing for `idle_seconds
 gathered then is the last segment.
 """
 
+import fcntl
 import os
 import select
+import struct
+import termios
 import threading
 import time
 from collections import deque
@@ -40,16 +43,24 @@ def is_live(name: str) -> bool:
 
 class _Pipe:
     """Standard input as the demuxer reads it: a read returns what is there (a buffered reader would wait for a whole
-    block, seconds at a low bitrate), and nothing (the end of stream) once the run is stopping."""
+    block, seconds at a low bitrate), and once the run is stopping, what was already sent, then the end of stream."""
 
     def __init__(self, fd: int, stopping: threading.Event) -> None:
         self.fd, self.stopping = fd, stopping
+        self._left: int | None = None  # once stopping: the bytes that had been sent, still to read
 
     def read(self, size: int) -> bytes:
         while not self.stopping.is_set():
             if select.select([self.fd], [], [], 0.2)[0]:
                 return os.read(self.fd, size)
-        return b""
+        if self._left is None:  # counted once: a writer that goes on writing does not keep the run going
+            try:
+                self._left = struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0" * 4))[0]
+            except OSError:
+                self._left = 0
+        data = os.read(self.fd, min(size, self._left)) if self._left > 0 else b""
+        self._left -= len(data)
+        return data
 
 
 class LiveSource:
@@ -158,7 +169,8 @@ class LiveSource:
                 self._cutter = cutter
             try:
                 for packet in container.demux(stream):
-                    if self._stopping.is_set() or not self._push(cutter, packet):
+                    # Standard input ends on its own once stopping (`_Pipe`), with all that was sent: to the end.
+                    if (self._stopping.is_set() and self.name != STDIN) or not self._push(cutter, packet):
                         break
             except (av.FFmpegError, OSError) as e:  # the network, or a read timeout: silence for idle_seconds
                 self.ended_by = str(e)

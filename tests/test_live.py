@@ -188,7 +188,7 @@ def test_a_source_faster_than_the_server_drops_whole_segments_and_says_how_far_b
     assert "dropped segments" in run.err
 
 
-def test_memory_stays_flat_while_a_live_source_runs(server, tmp_path):
+def test_memory_stays_flat_while_a_live_source_runs_and_sigterm_ends_it_with_every_frame(server, tmp_path):
     seconds, rate = 60, 5
     run = Cli("-", tmp_path / "long.mp4", server.url, "--segment-seconds", "1")
     writer = threading.Thread(target=write_ts, args=(run.proc.stdin, seconds * rate), kwargs={"rate": rate})
@@ -198,9 +198,10 @@ def test_memory_stays_flat_while_a_live_source_runs(server, tmp_path):
     while writer.is_alive():
         samples.append((time.monotonic() - start, tree_memory_mib(run.proc.pid)["rss"]))
         time.sleep(1.0)
-    run.proc.stdin.close()
+    run.proc.send_signal(signal.SIGTERM)  # its standard input still open: the source ends on the signal
     assert run.wait() == 0, run.err
-    assert run.report()["frames"] == seconds * rate
+    run.proc.stdin.close()
+    assert run.report()["frames"] == seconds * rate  # every frame received, the GOP in hand at the signal too
     early = [mib for t, mib in samples if 15 <= t < 25]
     late = [mib for t, mib in samples if t >= seconds - 10]
     print(f"client RSS over a {seconds} s live run: {np.mean(early):.1f} MiB at 15-25 s, {np.mean(late):.1f} MiB in "
