@@ -183,6 +183,8 @@ def run(args: argparse.Namespace, local) -> int:
     if not inputs:
         raise ValueError(f"no video files in {', '.join(args.videos)} (--recursive for their subfolders)")
     many = len(inputs) > 1 or folders or args.out_dir is not None
+    if many and args.out:
+        raise ValueError("--out names the output of one VIDEO; for a folder's videos, give --out-dir")
     sources = [i.source for i in inputs]
     outs = outputs(inputs, args.out_dir or Path(".")) if many else [args.out or default_output(sources[0])]
     settings = Settings(
