@@ -12,7 +12,6 @@ from pathlib import Path
 from helpers import as_a_foreground_job
 from test_long_video import assert_frame_exact, make_av
 
-from stream_client.cli import main
 from stream_client.manifest import Manifest
 from stream_client.sample import make_video
 from stream_client.segment import parts_folder
@@ -30,7 +29,7 @@ def mixed_videos(folder: Path) -> dict[str, Path]:
     }
 
 
-def test_three_videos_and_a_folder_give_one_local_server_and_an_output_each_frame_exact(tmp_path, capsys):
+def test_three_videos_and_a_folder_give_one_local_server_and_an_output_each_frame_exact(tmp_path):
     named = mixed_videos(tmp_path / "named")
     clips = tmp_path / "clips"
     (clips / "sub").mkdir(parents=True)
@@ -40,9 +39,9 @@ def test_three_videos_and_a_folder_give_one_local_server_and_an_output_each_fram
     summary = tmp_path / "summary.json"
     args = [*map(str, named.values()), str(clips), "--recursive", "--out-dir", str(out), "--threshold", "0",
             "--segment-seconds", "0.3", "--window", "8", "--summary-json", str(summary), *LOCAL]  # fmt: skip
-    assert main(args) == 0
-    captured = capsys.readouterr()
-    assert captured.err.count("starting a local tritonserver") == 1  # one server for the whole run
+    run = subprocess.run([sys.executable, "-m", "stream_client", *args], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("starting a local tritonserver") == 1  # one server for the whole run
     outputs = {
         named["a"]: out / "a_segmented.mp4",
         named["b"]: out / "b_segmented.mp4",
@@ -55,8 +54,8 @@ def test_three_videos_and_a_folder_give_one_local_server_and_an_output_each_fram
         assert parts_folder(output).is_dir() and output.with_name(output.stem + "_timeline.csv").exists()
     # A line per video as it finished, then the table: a row each.
     for source in outputs:
-        assert re.search(rf"^{re.escape(str(source))}: \d+ frames", captured.out, re.MULTILINE), captured.out
-    table = captured.out[captured.out.index("video ") :].splitlines()
+        assert re.search(rf"^{re.escape(str(source))}: \d+ frames", run.stdout, re.MULTILINE), run.stdout
+    table = run.stdout[run.stdout.index("video ") :].splitlines()
     assert table[0].split() == ["video", "frames", "frames/s", "kept", "errors"] and len(table) == 1 + len(outputs)
     report = json.loads(summary.read_text())
     assert [v["state"] for v in report["videos"]] == ["finished"] * len(outputs)
