@@ -2,10 +2,11 @@
 
 It installs without the server (`pip install ./triton-video-segmentation` from a checkout: tritonclient, PyAV, numpy)
 and meets the server only at `protocol`, the wire protocol both sides import. Modules: `stream` (one gRPC stream:
-videos in, chunk events out), `segment` (the whole job for one file of any length: segments, windows over servers,
-resume), `encoders` and `output` (the output files, written in parallel), `gops` (cutting at safe keyframes), `probe`,
-`videos` (PyAV), `audio` (the source's audio tracks in the output), `access` (TLS, access keys), `cli` (the
-`segment-video` command).
+videos in, chunk events out), `segment` (the whole job for videos of any length and live sources: windows over
+servers, resume) in stages: `sources` and `live` (where segments come from), `sending`, `encoders`, `writing` and
+`output` (the output files, written in parallel); `job` and `report` (one video of a run, what it says), `gops`
+(cutting at safe keyframes), `inputs`, `probe`, `videos` (PyAV), `audio` (the source's audio tracks in the output),
+`access` (TLS, access keys), `cli` (the `segment-video` command).
 
     from stream_client.stream import Chunk, Failed, Finished, SegmentationStream
 

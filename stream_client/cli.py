@@ -1,10 +1,12 @@
-"""Segment a video: `segment-video VIDEO` (or `python -m stream_client VIDEO`).
+"""Segment videos: `segment-video VIDEO...` (or `python -m stream_client VIDEO...`).
 
-With --url, the video goes to that server (repeat it to spread a long video over several). Without, a local
-tritonserver is started on loopback with a model repository built for this machine and stopped at the end (the server
-side: `pip install './triton-video-segmentation[server]'` from a checkout). Writes the segmented video (H.264 MP4)
-and, with --returns mask or both, the class mask as a grayscale (matte) video beside it; prints a line per chunk and a
-summary.
+With --url, the videos go to that server (repeat it to spread them over several). Without, a local tritonserver is
+started on loopback with a model repository built for this machine and stopped at the end (the server side:
+`pip install './triton-video-segmentation[server]'` from a checkout): one server for the whole run. Writes the
+segmented video (H.264 MP4) and, with --returns mask or both, the class mask as a grayscale (matte) video beside it;
+prints a line per chunk and a summary. Several videos, or folders: an output each in --out-dir, a line per video as
+it finishes and a table at the end. A live source (`-`, standard input, or a URL) is segmented as it plays, until it
+ends or Ctrl-C.
 
     segment-video --sample                                  # a generated sample video
     segment-video path/to/video.mp4 --out segmented.mp4 --class person --threshold 0.5
@@ -13,6 +15,9 @@ summary.
     segment-video --preview 8080 --out segmented.mp4                      # the page of a finished run
     segment-video hour.mp4 --url gpu-a:8001 --url gpu-b:8001 --window 16 # watch hour_segmented.mp4.parts/playlist.m3u8
     segment-video hour.mp4 --url gpu-a:8001 --resume                      # after a crash: go on where it stopped
+    segment-video a.mp4 b.mkv clips/ --recursive --out-dir out/           # many videos, one server, one window
+    ffmpeg -i rtsp://camera/stream -c copy -f mpegts - | segment-video - --out camera.mp4     # live, until Ctrl-C
+    segment-video udp://0.0.0.0:5000 --out udp.mp4 --live-window 6        # a live source by URL
     segment-video video.mp4 --url triton.example:8001 --tls-ca ca.crt --header-from-env \\
         triton-grpc-protocol-segment-key=SEGMENT_KEY    # TLS, and an access key from $SEGMENT_KEY (README "Access")
 """
@@ -27,10 +32,11 @@ import time
 from pathlib import Path
 
 from stream_client.access import access_from, add_access_arguments
+from stream_client.inputs import default_output, expand, outputs
 from stream_client.output import PRESETS, Encoding
 from stream_client.preview import FinishedRun, PreviewServer, Watch, parse_address
 from stream_client.sample import make_video
-from stream_client.segment import RETURNS, SegmentError, parts_folder, segment_file
+from stream_client.segment import RETURNS, Outcome, SegmentError, Settings, parts_folder, segment_videos
 from stream_client.stream import StreamError
 
 SERVER_EXTRA = (
@@ -43,10 +49,21 @@ SERVER_EXTRA = (
 def client_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
-        "video", type=Path, nargs="?", help="the video to segment (any container and codec FFmpeg reads)"
+        "videos",
+        nargs="*",
+        metavar="VIDEO",
+        help="what to segment: video files (any container and codec FFmpeg reads), folders (their video files), "
+        "- (a live stream on standard input) or a URL FFmpeg opens (udp://, rtsp://, srt://, http(s)://, live HLS)",
     )
     parser.add_argument("--sample", action="store_true", help="segment a generated sample video instead")
-    parser.add_argument("--out", type=Path, help="the segmented video (default: VIDEO_segmented.mp4)")
+    parser.add_argument("--out", type=Path, help="the segmented video of one VIDEO (default: VIDEO_segmented.mp4)")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        help="where the outputs go, each named after its input (NAME_segmented.mp4; the default for several videos "
+        "or a folder: here)",
+    )
+    parser.add_argument("--recursive", action="store_true", help="a folder's subfolders' videos too")
     parser.add_argument(
         "--url",
         action="append",
@@ -80,8 +97,7 @@ def client_parser() -> argparse.ArgumentParser:
     long.add_argument(
         "--segment-seconds",
         type=float,
-        default=4.0,
-        help="cut the video at the first safe keyframe after this many seconds (default 4)",
+        help="cut the video at the first safe keyframe after this many seconds (default 4; 1 for a live source)",
     )
     long.add_argument("--segment-bytes", type=int, help="... or after this many bytes")
     long.add_argument(
@@ -94,7 +110,27 @@ def client_parser() -> argparse.ArgumentParser:
     long.add_argument(
         "--resume",
         action="store_true",
-        help="go on with the run recorded beside --out, from its first unfinished segment",
+        help="go on with the run recorded beside --out (or each in --out-dir), from its first unfinished segment; "
+        "finished videos are kept",
+    )
+    live = parser.add_argument_group("live sources")
+    live.add_argument(
+        "--live-window", type=int, metavar="N", help="the playlist lists only the last N segments (default: all)"
+    )
+    live.add_argument(
+        "--live-backlog",
+        type=float,
+        default=Settings.live_backlog,
+        metavar="SECONDS",
+        help="seconds of video that may wait to be sent when the source runs ahead of the servers; past it the "
+        "oldest waiting segments are dropped, whole (default %(default)s)",
+    )
+    live.add_argument(
+        "--live-timeout",
+        type=float,
+        default=Settings.live_timeout,
+        metavar="SECONDS",
+        help="a URL that sends nothing for this long has ended (default %(default)s)",
     )
     add_access_arguments(parser)
     return parser
@@ -112,7 +148,7 @@ def local_options():
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, object]:
     client = client_parser()
     known, _ = client.parse_known_args(argv)
-    finished_run = known.preview and known.out and known.video is None and not known.sample
+    finished_run = known.preview and known.out and not known.videos and not known.sample
     local = None if known.urls or finished_run else local_options()
     parser = argparse.ArgumentParser(
         prog="segment-video",
@@ -122,10 +158,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, object]:
         epilog=None if local or known.urls or finished_run else SERVER_EXTRA,
     )
     args = parser.parse_args(argv)
-    if args.preview and args.out and args.video is None and not args.sample:
+    if args.preview and args.out and not args.videos and not args.sample:
         return args, None  # the page of a finished run: no server
-    if (args.video is None) == (not args.sample):
+    if bool(args.videos) == args.sample:
         parser.error("give a VIDEO or --sample (or --preview PORT --out OUT for a finished run's page)")
+    if args.out and (len(args.videos) > 1 or args.out_dir):
+        parser.error("--out names the output of one VIDEO; for several, give --out-dir")
     access = (args.tls, args.tls_ca, args.tls_cert, args.tls_key, args.header, args.header_from_env)
     if not args.urls and any(access):
         parser.error("--tls, --tls-* and --header* are for servers given with --url (the local server is plain)")
@@ -135,45 +173,77 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, object]:
 
 
 def run(args: argparse.Namespace, local) -> int:
-    if args.video is None and not args.sample:
+    if not args.videos and not args.sample:
         return show_finished_run(args)
     workdir = Path(tempfile.mkdtemp(prefix="segment-video-"))
     if args.sample:
-        args.video = make_video(workdir / "sample.mp4", frames=48, width=320, height=240)
-        print(f"sample video: {args.video} (48 frames, 320x240, H.264)", file=sys.stderr)
-    out = args.out or Path(f"{args.video.stem}_segmented.mp4")
-    watch = Watch(args.video, args.class_name) if args.preview else None
-    job = dict(
-        class_name=args.class_name, threshold=args.threshold, returns=args.returns, window=args.window,
-        max_seconds=args.segment_seconds, max_bytes=args.segment_bytes, resume=args.resume, retries=args.retries,
-        encoding=Encoding(args.preset, args.crf), dump_images=args.dump_images, watch=watch,
+        args.videos = [str(make_video(workdir / "sample.mp4", frames=48, width=320, height=240))]
+        print(f"sample video: {args.videos[0]} (48 frames, 320x240, H.264)", file=sys.stderr)
+    inputs, folders = expand(args.videos, args.recursive, args.out_dir)
+    if not inputs:
+        raise ValueError(f"no video files in {', '.join(args.videos)} (--recursive for their subfolders)")
+    many = len(inputs) > 1 or folders or args.out_dir is not None
+    if many and args.out:
+        raise ValueError("--out names the output of one VIDEO; for a folder's videos, give --out-dir")
+    sources = [i.source for i in inputs]
+    outs = outputs(inputs, args.out_dir or Path(".")) if many else [args.out or default_output(sources[0])]
+    settings = Settings(
+        args.class_name, args.threshold, args.returns, args.window,
+        args.segment_seconds if args.segment_seconds is not None else 4.0, args.segment_bytes,
+        args.segment_seconds if args.segment_seconds is not None else 1.0, args.live_window, args.live_backlog,
+        args.live_timeout, args.resume, args.retries, Encoding(args.preset, args.crf), dump_images=args.dump_images,
     )  # fmt: skip
+    watches = [Watch(Path(source), args.class_name) for source in sources] if args.preview else None
     linger = False  # after the run, done or failed (not cancelled), the page stays up until Ctrl-C
     with contextlib.ExitStack() as stack:
-        if watch is not None:
-            preview = stack.enter_context(PreviewServer(parse_address(args.preview), parts_folder(out), watch))
+        if watches is not None:
+            videos = [(parts_folder(out), watch) for out, watch in zip(outs, watches, strict=True)]
+            preview = stack.enter_context(PreviewServer(parse_address(args.preview), videos))
             stack.callback(lambda: linger and _linger(preview.url))  # after the local server has stopped
             print(f"watch it while it runs: {preview.url}", file=sys.stderr)
         try:
             if args.urls:
                 tls, headers = access_from(args)
-                summary = segment_file(args.video, out, args.urls, tls=tls, headers=headers, **job)
+                urls, access = args.urls, {"tls": tls, "headers": headers}
             else:
-                url = stack.enter_context(local.local_server(args, workdir))
-                summary = segment_file(args.video, out, url, **job)
+                urls, access = stack.enter_context(local.local_server(args, workdir)), {}
+            result = segment_videos(sources, outs, urls, settings, watches=watches, fail_fast=not many,
+                                    finished=_said if many else None, **access)  # fmt: skip
         except Exception:
             linger = True
             raise
         linger = True
-        print(summary.line())
         if args.summary_json:
-            args.summary_json.write_text(json.dumps(summary.as_dict(), indent=2))
+            report = result.as_dict() if many else result.outcomes[0].summary.as_dict()
+            args.summary_json.write_text(json.dumps(report, indent=2))
+        if not many:
+            print(result.outcomes[0].summary.line())
+            return 0
+        print(result.table())
+        failed = [o.source for o in result.outcomes if o.state == "failed"]
+        stopped = [o.source for o in result.outcomes if o.state == "stopped"]
+        if failed:
+            print(f"segment-video: error: {len(failed)} of {len(sources)} videos failed: {', '.join(failed)}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        if stopped:
+            print(f"segment-video: cancelled: {len(stopped)} of {len(sources)} videos unfinished (--resume goes on)",
+                  file=sys.stderr)  # fmt: skip
+            return 130
     return 0
+
+
+def _said(outcome: Outcome) -> None:
+    """A video of a run of several has ended."""
+    if outcome.summary is not None:
+        print(f"{outcome.source}: {outcome.summary.line()}", flush=True)
+    else:
+        print(f"{outcome.source}: {outcome.state}: {outcome.error}", flush=True)
 
 
 def show_finished_run(args: argparse.Namespace) -> int:
     watch = FinishedRun(parts_folder(args.out))
-    with PreviewServer(parse_address(args.preview), parts_folder(args.out), watch) as preview:
+    with PreviewServer(parse_address(args.preview), [(parts_folder(args.out), watch)]) as preview:
         _linger(preview.url)
     return 0
 

@@ -6,7 +6,7 @@ and the mask as a grayscale matte. So only the masks cross the network, 1/60 of 
 the masks cross between processes: the workers share no interpreter lock, and the run uses every core.
 
     with Encoders(processes=8, events=events) as encoders:
-        encoders.start(job); encoders.masks(job.index, masks); encoders.finish(job.index, ...)   # -> Written event
+        encoders.start(job); encoders.masks(job.key, masks); encoders.finish(job.key, ...)   # -> Written event
 """
 
 import io
@@ -39,6 +39,11 @@ class SegmentJob:
     audio: tuple[AudioTrack, ...]  # the tracks the output carries
     encoding: output.Encoding
     dump_images: Path | None = None
+    video: int = 0  # which video of the run: the segments of several share the encoders
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.video, self.index
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Written:
     """Event: a segment's files are complete (`duration` in seconds), or could not be written (`error`). `sizes`:
     where its decoded frames change size, [frame in the whole video, its pts, H, W] from its first frame on."""
 
+    video: int
     index: int
     duration: float | None = None
     error: str | None = None
@@ -113,26 +119,26 @@ class SegmentOutput:
 
 def _work(inbox, results) -> None:
     """A worker process: the segments given to it, each message in turn."""
-    segments: dict[int, SegmentOutput] = {}
+    segments: dict[tuple[int, int], SegmentOutput] = {}
     while (message := inbox.get()) is not None:
-        kind, index, *rest = message
+        kind, key, *rest = message
         try:
             if kind == "start":
-                segments[index] = SegmentOutput(rest[0])
-            elif index not in segments:  # it failed already, and said so
+                segments[key] = SegmentOutput(rest[0])
+            elif key not in segments:  # it failed already, and said so
                 continue
             elif kind == "masks":
-                segments[index].add(rest[0])
+                segments[key].add(rest[0])
             elif kind == "finish":
-                segment = segments.pop(index)
-                results.put((index, segment.close(*rest), None, segment.sizes))
+                segment = segments.pop(key)
+                results.put((*key, segment.close(*rest), None, segment.sizes))
             elif kind == "abandon":
-                segments.pop(index).abandon()
+                segments.pop(key).abandon()
         except Exception as e:  # noqa: BLE001 - reaches the run as a Written event with the error
-            failed = segments.pop(index, None)
+            failed = segments.pop(key, None)
             if failed is not None:
                 failed.abandon()
-            results.put((index, None, f"{type(e).__name__}: {e}"))
+            results.put((*key, None, f"{type(e).__name__}: {e}"))
 
 
 class Encoders:
@@ -145,7 +151,7 @@ class Encoders:
         self._workers = [context.Process(target=_work, args=(inbox, self._results), daemon=True)
                          for inbox in self._inboxes]  # fmt: skip
         self._events = events
-        self._owner: dict[int, int] = {}
+        self._owner: dict[tuple[int, int], int] = {}  # a segment's key -> its worker
         self._stopped = threading.Event()
 
     def __enter__(self) -> "Encoders":
@@ -189,19 +195,21 @@ class Encoders:
         load = [0] * len(self._inboxes)
         for worker in self._owner.values():
             load[worker] += 1
-        self._owner[job.index] = load.index(min(load))
-        self._send("start", job.index, job)
+        self._owner[job.key] = load.index(min(load))
+        self._send("start", job.key, job)
 
-    def masks(self, index: int, masks: np.ndarray) -> None:
-        self._send("masks", index, np.ascontiguousarray(masks))
+    def masks(self, key: tuple[int, int], masks: np.ndarray) -> None:
+        self._send("masks", key, np.ascontiguousarray(masks))
 
-    def finish(self, index: int, audio_from: float | None, audio_until: float | None, frame_duration: float) -> None:
-        self._send("finish", index, audio_from, audio_until, frame_duration)
-        del self._owner[index]
+    def finish(self, key: tuple[int, int], audio_from: float | None, audio_until: float | None,
+               frame_duration: float) -> None:  # fmt: skip
+        self._send("finish", key, audio_from, audio_until, frame_duration)
+        del self._owner[key]
 
-    def abandon(self, index: int) -> None:
-        self._send("abandon", index)
-        del self._owner[index]
+    def abandon(self, key: tuple[int, int]) -> None:
+        if key in self._owner:
+            self._send("abandon", key)
+            del self._owner[key]
 
-    def _send(self, kind: str, index: int, *rest) -> None:
-        self._inboxes[self._owner[index]].put((kind, index, *rest))
+    def _send(self, kind: str, key: tuple[int, int], *rest) -> None:
+        self._inboxes[self._owner[key]].put((kind, key, *rest))

@@ -9,7 +9,7 @@ A keyframe is a safe cut when decoding from it alone gives exactly the frames th
 
 import io
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import islice
@@ -41,6 +41,7 @@ class Segment:
     frames: int  # how many frames decoding this segment gives
     data: bytes  # a Matroska file holding only the video stream's packets of this segment
     start_pts: float  # presentation time (s) of its first frame in the source
+    pts: tuple[int, ...] = ()  # its frames' timestamps in display order, in the source's time base
 
 
 def plan(
@@ -116,16 +117,122 @@ def segments(path: Path, plan: list[SegmentPlan] | None = None, **limits) -> Ite
         for part in plan:
             for _ in islice(packets, part.first_packet - position):  # a hand-made plan may skip packets
                 pass
-            out = io.BytesIO()
-            with av.open(out, "w", format="matroska") as output:
-                # Opaque: the stream's parameters copied as they are. Otherwise PyAV looks for an encoder named after
-                # the decoder, and a decoder with no encoder of its name (libdav1d, AV1's) fails the copy.
-                target = output.add_stream_from_template(stream, opaque=True)
-                for packet in islice(packets, part.end_packet - part.first_packet):
-                    packet.stream = target
-                    output.mux(packet)
+            pts: list[int] = []
+            data = mux(stream, _noting_pts(islice(packets, part.end_packet - part.first_packet), pts))
             position = part.end_packet
-            yield Segment(part.index, part.first_frame, part.frames, out.getvalue(), part.start_pts)
+            yield Segment(part.index, part.first_frame, part.frames, data, part.start_pts, tuple(sorted(pts)))
+
+
+def mux(stream: av.video.stream.VideoStream, packets: Iterable[av.Packet]) -> bytes:
+    """Packets of `stream` as a Matroska file of their own (no re-encoding)."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="matroska") as output:
+        # Opaque: the stream's parameters copied as they are. Otherwise PyAV looks for an encoder named after the
+        # decoder, and a decoder with no encoder of its name (libdav1d, AV1's) fails the copy.
+        target = output.add_stream_from_template(stream, opaque=True)
+        for packet in packets:
+            packet.stream = target
+            output.mux(packet)
+    return out.getvalue()
+
+
+def _noting_pts(packets: Iterable[av.Packet], pts: list[int]) -> Iterator[av.Packet]:
+    for packet in packets:
+        pts.append(_timestamp(packet))
+        yield packet
+
+
+def _timestamp(packet: av.Packet) -> int:
+    if packet.pts is not None:
+        return packet.pts
+    return packet.dts if packet.dts is not None else -1
+
+
+class Cutter:
+    """Cuts a video stream's packets into segments as they arrive (a live source: there is no whole file to plan).
+
+    The cuts are `plan`'s, judged on what has arrived: a keyframe whose bitstream starts a clean decode, after every
+    packet before it is shown, is a cut once the packet that follows it is shown after it too (leading pictures come
+    right after their keyframe in decode order). A segment ends at the first cut at or past `max_seconds` or
+    `max_bytes`, or, when one more packet would take it past `max_frames`, at the last cut within it. Packets before
+    the first clean keyframe (a stream joined mid-GOP) cannot be decoded and are skipped.
+
+        cutter = Cutter(stream, max_seconds=1.0)
+        for packet in container.demux(stream):
+            if (segment := cutter.push(packet)) is not None: ...
+        last = cutter.flush()
+    """
+
+    def __init__(
+        self,
+        stream: av.video.stream.VideoStream,
+        *,
+        max_seconds: float | None = 1.0,
+        max_bytes: int | None = None,
+        max_frames: int | None = None,
+    ) -> None:
+        self.stream = stream
+        self.time_base = stream.time_base or Fraction(1, 1)
+        context = stream.codec_context
+        self._clean = _nal_checker(context.codec.canonical_name, bytes(context.extradata or b""))
+        self.max_seconds, self.max_bytes, self.max_frames = max_seconds, max_bytes, max_frames
+        self.index = self.first_frame = self.skipped = 0
+        self._packets: list[av.Packet] = []  # the segment being gathered, from its first keyframe
+        self._latest = -(2**63)  # the latest timestamp gathered
+        self._candidate: int | None = None  # a keyframe in `_packets` waiting for the packet after it
+        self._cuts: list[int] = []  # where in `_packets` the segment may be cut, were it too long
+
+    def push(self, packet: av.Packet) -> Segment | None:
+        """Take the next packet (decode order); a segment when this packet completes one."""
+        if not packet.size:
+            return None
+        ts = _timestamp(packet)
+        done = None
+        if self._candidate is not None:
+            candidate, self._candidate = self._candidate, None
+            if ts > _timestamp(self._packets[candidate]):
+                if self._long_enough(candidate):
+                    done = self._cut(candidate)
+                else:
+                    self._cuts.append(candidate)
+        clean = packet.is_keyframe and (self._clean is None or self._clean(bytes(packet)))
+        if not self._packets and not clean:
+            self.skipped += 1
+            return done
+        if clean and self._packets and ts > self._latest:
+            self._candidate = len(self._packets)
+        self._packets.append(packet)
+        self._latest = max(self._latest, ts)
+        if done is None and self.max_frames is not None and len(self._packets) > self.max_frames and self._cuts:
+            within = [c for c in self._cuts if c <= self.max_frames]
+            # A keyframe waiting for its next packet may be a later cut within the limit.
+            if self._candidate is None or self._candidate > self.max_frames:
+                done = self._cut(within[-1] if within else self._cuts[0])
+        return done
+
+    def flush(self) -> Segment | None:
+        """What is gathered, as the last segment (the source has ended)."""
+        self._candidate = None
+        return self._cut(len(self._packets)) if self._packets else None
+
+    def _long_enough(self, cut: int) -> bool:
+        start, end = _timestamp(self._packets[0]), _timestamp(self._packets[cut])
+        return (self.max_seconds is not None and float((end - start) * self.time_base) >= self.max_seconds) or (
+            self.max_bytes is not None and sum(p.size for p in self._packets[:cut]) >= self.max_bytes
+        )
+
+    def _cut(self, end: int) -> Segment:
+        packets, self._packets = self._packets[:end], self._packets[end:]
+        self._cuts = [c - end for c in self._cuts if c > end]
+        if self._candidate is not None:
+            self._candidate -= end
+        self._latest = max((_timestamp(p) for p in self._packets), default=-(2**63))
+        pts = tuple(sorted(_timestamp(p) for p in packets))
+        segment = Segment(self.index, self.first_frame, len(packets), mux(self.stream, packets),
+                          float(pts[0] * self.time_base), pts)  # fmt: skip
+        self.index += 1
+        self.first_frame += len(packets)
+        return segment
 
 
 def _safe_cuts(times: array, candidates: list[int]) -> list[int]:

@@ -136,14 +136,23 @@ class VideoWriter:
         self._partial.unlink(missing_ok=True)
 
 
-def write_playlist(folder: Path, durations: list[float], finished: bool, name: str = PLAYLIST,
-                   kind: str = "segment") -> None:  # fmt: skip
-    """The playlist of the segments done in order so far; EVENT while running, ENDLIST when finished."""
-    target = max([math.ceil(d) for d in durations] + [1])
-    lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target}", "#EXT-X-MEDIA-SEQUENCE:0"]
-    lines.append("#EXT-X-PLAYLIST-TYPE:" + ("VOD" if finished else "EVENT"))
-    for index, duration in enumerate(durations):
+def write_playlist(folder: Path, listed: list[tuple[int, float]], finished: bool, name: str = PLAYLIST,
+                   kind: str = "segment", window: int | None = None) -> None:  # fmt: skip
+    """The playlist of the segments done in order so far, `listed` as (segment, duration): EVENT while running,
+    ENDLIST when finished. With `window`, a live playlist of the last `window` only (its media sequence counts those
+    left out). A segment after one that was dropped (a live source that fell behind) follows a discontinuity."""
+    skipped = max(0, len(listed) - window) if window else 0
+    shown = listed[skipped:]
+    target = max([math.ceil(d) for _, d in shown] + [1])
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target}", f"#EXT-X-MEDIA-SEQUENCE:{skipped}"]
+    if not window:
+        lines.append("#EXT-X-PLAYLIST-TYPE:" + ("VOD" if finished else "EVENT"))
+    previous = listed[skipped - 1][0] if skipped else -1
+    for index, duration in shown:
+        if previous >= 0 and index != previous + 1:
+            lines.append("#EXT-X-DISCONTINUITY")
         lines += [f"#EXTINF:{duration:.6f},", segment_name(index, kind)]
+        previous = index
     if finished:
         lines.append("#EXT-X-ENDLIST")
     tmp = folder / (name + ".tmp")
@@ -162,12 +171,13 @@ class Refit:
     encoding: Encoding
 
 
-def concat(folder: Path, count: int, out: Path, kind: str = "segment", refit: Refit | None = None) -> None:
-    """Remux segments 0..count-1 into one MP4 (no re-encoding but `refit`'s; timestamps are already the source's)."""
+def concat(folder: Path, indices: list[int], out: Path, kind: str = "segment", refit: Refit | None = None) -> None:
+    """Remux these segments, in this order, into one MP4 (no re-encoding but `refit`'s; timestamps are already the
+    source's)."""
     partial = out.with_name(out.name + ".partial")
     with av.open(str(partial), "w", format="mp4") as container:
         streams: dict[int, av.stream.Stream] = {}  # every segment has the same streams: the video, then the audio
-        for index in range(count):
+        for index in indices:
             # The format named: FFmpeg's probe does not recognise a segment of a few tiny frames as MPEG-TS.
             with av.open(str(folder / segment_name(index, kind)), format="mpegts") as segment:
                 for stream in segment.streams:

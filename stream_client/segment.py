@@ -1,143 +1,183 @@
-"""The main job: segment one video file, however long, through one or more servers.
+"""The main job: segment videos, however long, and live sources, through one or more servers.
 
-1. Plan: cut the file at safe keyframes into segments that decode on their own (`gops`, no re-encoding).
-2. Send each segment as one request, at most `window` in flight, spread over the servers' streams; a segment
-   that a server rejects is retried, and re-encoded first for a server whose decoder cannot read its codec.
-3. The server sends back the class mask of each frame; as a segment's chunks arrive, hand them to the segment's
-   encoder (`encoders`: worker processes that decode the segment here, keep the class's pixels and encode the
-   segmented video and the matte, in parallel with the other segments in flight); when its files are done, record
-   the segment in the manifest and extend the playlists (the run can be watched while it goes: `output`).
-4. At the end, remux the segments into one MP4 per video written. With `resume`, finished segments are kept.
+A run is three stages, each a module, that every kind of source feeds alike:
+1. where segments come from (`sources`: a file's plan; `live`: a live demuxer cutting GOPs as they arrive): pieces of
+   the video that decode on their own, cut at safe keyframes without re-encoding (`gops`);
+2. sending (`sending`): at most `window` segments in flight (sent, and not yet written), of one video or of several,
+   spread over the servers' streams; a segment that a server rejects is sent again (`retries`);
+3. writing (`encoders`, `writing`): as a segment's masks come back, its encoder process decodes the segment here,
+   keeps the class's pixels and encodes them; once its files are done it is recorded in the manifest and listed in
+   the playlists (the run can be watched while it goes); at the end of a video its segments become one MP4.
 
-Memory stays bounded whatever the length: the client holds the segments in flight and their chunks, the server
-the chunks of the segments in flight.
+`job.Job` is one video of a run (its source, its output, what it has done); `Run`, here, moves the events of the
+servers, the encoders and the live sources to their jobs; `report` says what they did. `segment_file` runs one video
+(its failure is the run's); `segment_videos` runs several on one set of servers, and a video that fails does not stop
+the others.
+
+Memory stays bounded whatever the length: the client holds the segments in flight and their chunks (and a live
+source's backlog, `live`), the server the chunks of the segments in flight.
 """
 
 import contextlib
 import os
 import queue
-import shutil
+import signal
 import sys
-import time
-from array import array
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from fractions import Fraction
-from functools import partial
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-import av
-import numpy as np
-
-from stream_client import audio, gops, output, protocol, videos
+from stream_client import output
 from stream_client.access import Tls
-from stream_client.audio import AudioTrack
-from stream_client.encoders import Encoders, SegmentJob, Written
-from stream_client.manifest import Manifest
+from stream_client.encoders import Encoders, Written
+from stream_client.job import RETURNS, Job, SegmentError, Settings
+from stream_client.live import LiveSource, is_live
 from stream_client.preview import Watch
-from stream_client.probe import VideoProbe, probe
-from stream_client.reorder import Reorderer
-from stream_client.stream import Event, Failed, Finished, SegmentationStream, StreamError
-from stream_client.timeline import Timeline
+from stream_client.report import Outcome, RunResult, Summary
+from stream_client.sending import Sender
+from stream_client.sources import FileSource, Piece
+from stream_client.stream import Chunk, Failed, Finished, SegmentationStream, StreamError
+from stream_client.writing import parts_folder
 
-RETURNS = ("segmented", "mask", "both")  # what a run writes: the segmented video, the matte, or both
-
-
-class SegmentError(RuntimeError):
-    pass
+__all__ = ["RETURNS", "Outcome", "RunResult", "SegmentError", "Settings", "Summary", "parts_folder", "segment_file",
+           "segment_videos"]  # fmt: skip
 
 
-@dataclass
-class Summary:
-    source: str
-    output: str | None  # the segmented video, when written
-    matte: str | None  # the matte video, when written
-    frames: int  # frames of the whole output
-    frames_this_run: int  # segmented by this run (less when resumed)
-    seconds: float
-    frames_per_second: float
-    first_chunk_seconds: float | None
-    kept_pixels: float  # the share of pixels the mask kept, over the frames of this run
-    segments: int
-    reencoded_to: str | None  # the codec the client re-encoded to for a CPU server, if it did
-    audio: list[dict] = field(default_factory=list)  # per audio track of the source: copied, transcoded or left out
-    size_changes: list[str] = field(default_factory=list)  # where the frames change size, and what the MP4 made of it
-
-    def line(self) -> str:
-        first = f"{self.first_chunk_seconds:.2f} s" if self.first_chunk_seconds is not None else "-"
-        note = f", re-encoded to {self.reencoded_to} for the server's CPU decoder" if self.reencoded_to else ""
-        note += "".join(f"; {AudioTrack(**track).line()}" for track in self.audio)
-        note += "".join(f"; {change}" for change in self.size_changes)
-        resumed = (
-            f" ({self.frames - self.frames_this_run} from a previous run)" if self.frames_this_run < self.frames else ""
-        )
-        written = " and ".join(p for p in (self.output, self.matte) if p)
-        return (
-            f"{self.frames} frames{resumed} in {self.segments} segments; this run: {self.frames_this_run} frames in "
-            f"{self.seconds:.1f} s, {self.frames_per_second:.1f} frames/s, first chunk after {first}, "
-            f"{100 * self.kept_pixels:.1f} % of pixels kept{note} -> {written}"
-        )
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+class _Arrived:
+    """Event: a live source has a segment ready, or has ended."""
 
 
-class Progress:
-    """A line per chunk with a bar, frames/s and the time left."""
+class Run:
+    """The jobs of a run on one set of servers and one pool of encoders, and the loop that moves events to them."""
 
-    def __init__(self, total: int, done: int, out: TextIO, width: int = 24) -> None:
-        self.total, self.done, self.out, self.width = total, done, out, width
-        self.start = time.monotonic()
-        self.this_run = 0
+    def __init__(self, jobs: list[Job], settings: Settings, sender: Sender, pool: Encoders, events: queue.Queue,
+                 fail_fast: bool, finished: Callable[[Outcome], None] | None) -> None:  # fmt: skip
+        self.jobs, self.settings, self.sender, self.pool, self.events = jobs, settings, sender, pool, events
+        self.fail_fast, self.finished = fail_fast, finished
+        self.outcomes: dict[int, Outcome] = {}
+        self.stopping = False
+        self._stop_asked = threading.Event()  # set from a signal handler; the loop stops in its own time
+        self.most_videos_in_flight = 0
 
-    @property
-    def rate(self) -> float:
-        elapsed = time.monotonic() - self.start
-        return self.this_run / elapsed if elapsed > 0 else 0.0
+    def go(self) -> None:
+        while True:
+            if self._stop_asked.is_set() and not self.stopping:
+                self._stop()
+            self._fill()
+            for job in self.jobs:
+                self._guarded(job, job.poll)
+                if job.over:
+                    self._guarded(job, lambda job=job: self._ended(job, job.finish()))
+            if all(job.state not in ("waiting", "running") for job in self.jobs):
+                return
+            event = self._next()
+            if event is not None:
+                self._handle(event)
 
-    def chunk(self, segment: int, first: int, count: int) -> None:
-        self.done += count
-        self.this_run += count
-        rate = self.rate
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        filled = self.width * self.done // max(self.total, 1)
-        bar = "#" * filled + "." * (self.width - filled)
-        print(
-            f"segment {segment:4d} chunk {first:7d}-{first + count - 1:<7d} [{bar}] {self.done}/{self.total} "
-            f"{100 * self.done / max(self.total, 1):5.1f}%  {rate:7.1f} frames/s  ETA {eta:7.1f} s",
-            file=self.out,
-            flush=True,
-        )
+    def stop(self) -> None:
+        """Ctrl-C with a live source: the sources end, and what they gave is finished and written. Safe in a signal
+        handler: the loop does it, within a second (no queue's lock is taken here: the handler may have interrupted
+        its holder)."""
+        self._stop_asked.set()
 
-    def undo(self, count: int) -> None:
-        """A segment that failed half way: its frames will come again."""
-        self.done -= count
-        self.this_run -= count
+    def _stop(self) -> None:
+        self.stopping = True
+        for job in self.jobs:
+            if job.state == "waiting":
+                self._ended(job, job.stop("cancelled before it started"))
+            else:
+                job.source.stop()
+        self.events.put(_Arrived())
 
+    def _fill(self) -> None:
+        """Send segments while the window has room: a live source's first, then the files' in order (the next file
+        starts when those before it have sent all theirs, so short clips keep the servers busy)."""
+        while len(self.sender.in_flight) + sum(len(j.writing) for j in self.jobs) < self.settings.window:
+            found = self._next_piece()
+            if found is None:
+                break
+            job, piece = found
+            self._send(job, piece)
+        videos = len({f.video for f in self.sender.in_flight.values()})
+        self.most_videos_in_flight = max(self.most_videos_in_flight, videos)
 
-def source_timestamps(path: Path) -> tuple[Fraction, array]:
-    """The time base and pts of every non-empty video packet, in demux order (the order `gops` counts them)."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        pts = array("q", (p.pts if p.pts is not None else -1 for p in container.demux(stream) if p.size > 0))
-        return stream.time_base, pts
+    def _next_piece(self) -> tuple[Job, Piece] | None:
+        ordered = sorted(self.jobs, key=lambda j: not j.source.live)
+        for job in ordered:
+            if job.state == "waiting" and not self.stopping and (job.source.live or self._files_sent_all()):
+                self._guarded(job, lambda job=job: job.start(self.sender))
+            if (piece := job.take()) is not None:
+                return job, piece
+        return None
 
+    def _files_sent_all(self) -> bool:
+        return all(j.source.exhausted for j in self.jobs if j.state == "running" and not j.source.live)
 
-@dataclass
-class InFlight:
-    """A segment on its way: where it was sent, its masks so far."""
+    def _send(self, job: Job, piece: Piece, attempts: int = 1) -> None:
+        s = self.settings
+        state, reencoded = self.sender.send(job.number, piece, job.source.info, s.class_name, s.threshold, attempts)
+        job.launched(state, reencoded, self.pool, self.sender.model_size)
 
-    segment: gops.Segment
-    stream: SegmentationStream
-    pts: list[int]  # its frames' timestamps in display order
-    reorder: Reorderer = field(default_factory=Reorderer)
-    attempts: int = 1
-    frames: int = 0
+    def _next(self) -> "Chunk | Finished | Failed | Written | _Arrived | None":
+        """The next event, or None after a second without one (the encoders and the servers' silence checked)."""
+        try:
+            return self.events.get(timeout=1.0)
+        except queue.Empty:
+            try:
+                self.pool.check()
+            except RuntimeError as e:
+                raise SegmentError(str(e)) from None
+            self.sender.check_silence()
+            return None
+
+    def _handle(self, event: "Chunk | Finished | Failed | Written | _Arrived") -> None:
+        if isinstance(event, _Arrived):
+            return
+        if isinstance(event, Written):
+            job = self.jobs[event.video]
+            if job.state == "running":
+                self._guarded(job, lambda: job.written(event))
+            return
+        if isinstance(event, Failed) and event.video is None:
+            raise StreamError(f"the stream failed: {event.message}")
+        self.sender.heard()
+        state = self.sender.in_flight.get(event.video)
+        if state is None:  # a segment given up: its video failed
+            if isinstance(event, (Finished, Failed)):
+                self.sender.ended(event.video)
+            return
+        job = self.jobs[state.video]
+        if isinstance(event, Chunk):
+            self._guarded(job, lambda: job.chunk(state, event, self.pool))
+            return
+        del self.sender.in_flight[event.video]
+        if isinstance(event, Finished):
+            self._guarded(job, lambda: job.segment_back(state, self.pool))
+        elif self._guarded(job, lambda: job.segment_failed(state, event.message, self.pool)):
+            self._send(job, state.piece, state.attempts + 1)
+
+    def _guarded(self, job: Job, step: Callable[[], object]) -> bool:
+        """Run a step of a job; a SegmentError fails the job (and with `fail_fast` the run). Whether it went well."""
+        try:
+            step()
+            return True
+        except SegmentError as e:
+            self._ended(job, job.fail(str(e)))
+            for state in self.sender.give_up(job.number):
+                self.pool.abandon(state.key)
+            if self.fail_fast:
+                raise
+            return False
+
+    def _ended(self, job: Job, outcome: Outcome) -> None:
+        self.outcomes[job.number] = outcome
+        if self.finished is not None:
+            self.finished(outcome)
 
 
 def segment_file(
-    source: Path,
+    source: Path | str,
     out: Path,
     urls: list[str] | str,
     *,
@@ -158,29 +198,61 @@ def segment_file(
     watch: Watch | None = None,
 ) -> Summary:
     """Segment `source` into `out` (MP4; with `returns` "mask" or "both" also its matte, `output.matte_path(out)`)
-    through the servers at `urls`; the parts folder beside it grows meanwhile.
+    through the servers at `urls`; the parts folder beside it grows meanwhile. `source` may be live (`-` for standard
+    input, or a URL; see `segment_videos` for the settings of live sources).
 
     `progress_out`: where the per-chunk lines go (default: standard error). `tls` and `headers` (an access key):
     for every server's stream, see `stream_client.access`. `encoders`: worker processes (default: one per core, at
     most `window`). `watch`: told of every step (the preview page shows it). Also writes the timeline (the class's
     share of pixels per second) beside the output: OUT_timeline.json, .csv, .png."""
-    source, out = Path(source), Path(out)
-    encoding = encoding or output.Encoding()
-    if returns not in RETURNS:
-        raise SegmentError(f"returns must be one of {', '.join(RETURNS)}, not {returns!r}")
-    kinds = {"segmented": ("segment",), "mask": ("matte",), "both": ("segment", "matte")}[returns]
+    settings = Settings(class_name, threshold, returns, window, max_seconds, max_bytes, resume=resume,
+                        retries=retries, encoding=encoding or output.Encoding(), encoders=encoders,
+                        dump_images=dump_images)  # fmt: skip
+    result = segment_videos([source], [out], urls, settings, progress_out=progress_out, tls=tls, headers=headers,
+                            watches=[watch], fail_fast=True)  # fmt: skip
+    return result.outcomes[0].summary
+
+
+def segment_videos(
+    sources: list[Path | str],
+    outs: list[Path],
+    urls: list[str] | str,
+    settings: Settings,
+    *,
+    progress_out: TextIO | None = None,
+    tls: Tls | None = None,
+    headers: dict[str, str] | None = None,
+    watches: list[Watch | None] | None = None,
+    fail_fast: bool = False,
+    finished: Callable[[Outcome], None] | None = None,
+    idle_timeout: float = 300.0,
+) -> RunResult:
+    """Segment each of `sources` (files, or live: `-`, a URL) into its `outs` through the servers at `urls`, with
+    segments of several videos in flight in one window. A video that fails does not stop the others (unless
+    `fail_fast`: then its SegmentError ends the run); `finished` is told of each video as it ends. Ctrl-C (SIGINT, or
+    SIGTERM) with a live source in the run ends the sources, and what they gave is finished and written; a second
+    Ctrl-C cancels at once. A stream that sends nothing for `idle_timeout` s while segments are in flight fails."""
     urls = [urls] if isinstance(urls, str) else list(urls)
     progress_out = progress_out or sys.stderr
-    try:
-        found = probe(source)
-    except ValueError as e:
-        raise SegmentError(f"{source}: {e}") from None
-    time_base, packet_pts = source_timestamps(source)
-    parts = parts_folder(out)
-    options = {"class": class_name, "threshold": threshold, "max_seconds": max_seconds, "max_bytes": max_bytes,
-               "returns": returns, "preset": encoding.preset, "crf": encoding.crf}  # fmt: skip
-    events: queue.Queue[Event | Written] = queue.Queue()
-    start = time.monotonic()
+    watches = watches or [None] * len(sources)
+    events: queue.Queue = queue.Queue()
+    many = len(sources) > 1
+
+    def wake() -> None:
+        events.put(_Arrived())
+
+    jobs = []
+    for number, (source, out, watch) in enumerate(zip(sources, outs, watches, strict=True)):
+        name = str(source)
+        if is_live(name):
+            feed: FileSource | LiveSource = LiveSource(
+                name, wake, max_seconds=settings.live_seconds, max_bytes=settings.max_bytes,
+                backlog_seconds=settings.live_backlog, idle_seconds=settings.live_timeout,
+            )  # fmt: skip
+        else:
+            feed = FileSource(Path(source), max_seconds=settings.max_seconds, max_bytes=settings.max_bytes)
+        images = settings.dump_images / Path(out).stem if many and settings.dump_images else settings.dump_images
+        jobs.append(Job(number, feed, Path(out), settings, progress_out, watch, name if many else "", images))
 
     with contextlib.ExitStack() as stack:
         # Connect first: a server that refuses (no access key, a wrong one, TLS that does not match) or is not there
@@ -188,269 +260,70 @@ def segment_file(
         streams = [
             stack.enter_context(SegmentationStream(url, events=events, tls=tls, headers=headers)) for url in urls
         ]
-        infos = {s.url: s.server_info() for s in streams}
-        # No longer than every server takes: a request's frames must fit its share of the server's memory.
-        max_frames = min(i.max_frames(found.height, found.width, frames=False) for i in infos.values())
-        plan = gops.plan(source, max_seconds=max_seconds, max_bytes=max_bytes, max_frames=max_frames)
-        kept_class = class_name or infos[streams[0].url].default_class
-        manifest = _prepare_parts(parts, Manifest.new(source, options, plan, kept_class), resume)
-        stack.enter_context(_tidied_on_failure(manifest, parts))  # after the encoders have stopped writing
-        if watch is None:  # else its page is where to watch it
-            print(f"watch it while it runs: {parts / _playlists(kinds)[0][1]}", file=progress_out)
-        say = partial(print, file=progress_out, flush=True)
-        sound = audio.tracks(source, parts, say) if "segment" in kinds else []  # the matte has none
-        if dump_images:
-            dump_images.mkdir(parents=True, exist_ok=True)
-        workers = encoders or min(window, os.cpu_count() or 1)
+        sender = Sender(streams, progress_out, idle_timeout)
+        stack.enter_context(_tidied(jobs))  # after the encoders have stopped writing
+        workers = settings.encoders or min(settings.window, os.cpu_count() or 1)
         pool = stack.enter_context(Encoders(workers, events))
-
-        todo = [p for p in plan if p.index not in manifest.done]
-        progress = Progress(found.packets, sum(p.frames for p in plan if p.index in manifest.done), progress_out)
-        first_pts = min(packet_pts)
-        video_seconds = float((max(packet_pts) - first_pts) * time_base) + 1 / float(found.rate or 30)
-        timeline = (Timeline.load(parts) if resume else None) or Timeline(video_seconds)
-        if watch is not None:
-            watch.start(manifest, timeline, progress.total, progress.done, urls, kinds[0])
-            stack.enter_context(_reported(watch))
-        pending = gops.segments(source, todo)
-        in_flight: dict[str, InFlight] = {}
-        writing: set[int] = set()
-        reencoded = None
-        first_chunk = None
-        kept = total = 0
-        frame_duration = 1 / float(found.rate or 30)
-        model_size = infos[streams[0].url].model_size
-        stack.enter_context(_resumable(manifest, parts))
-
-        def send(state: InFlight) -> None:
-            nonlocal reencoded
-            data = state.segment.data
-            codecs = infos[state.stream.url].codecs
-            if found.codec not in codecs:  # a segment is the source's packets: its codec is the source's
-                data = videos.reencode_for_cpu(data, found.rate)
-                if reencoded is None:
-                    print(
-                        f"the server decodes on the {infos[state.stream.url].decoder_device} and reads "
-                        f"{', '.join(codecs)}: re-encoding {found.codec} to {videos.CPU_CODEC} for it",
-                        file=progress_out,
-                    )
-                reencoded = videos.CPU_CODEC
-            # The mask alone comes back: the client has the frames (it sent them) and keeps the pixels itself.
-            state.stream.send(request_id(state), data, class_name=class_name, threshold=threshold, returns="mask",
-                              size=(found.height, found.width))  # fmt: skip
-
-        def launch(segment: gops.Segment, attempts: int = 1) -> None:
-            stream = min(streams, key=lambda s: sum(f.stream is s for f in in_flight.values()))
-            part = plan[segment.index]
-            pts = sorted(packet_pts[part.first_packet : part.end_packet])
-            state = InFlight(segment, stream, pts, attempts=attempts)
-            in_flight[request_id(state)] = state
-            if watch is not None:
-                watch.sent(stream.url)
-            pool.start(SegmentJob(
-                segment.index, segment.data, pts, segment.first_frame, (found.height, found.width), model_size,
-                time_base, found.rate, kinds, parts, tuple(sound), encoding, dump_images,
-            ))  # fmt: skip
-            send(state)
-
-        def finish(state: InFlight) -> None:
-            """The segment's masks are all here: its encoder finishes the files on its own."""
-            state.reorder.finish()
-            index = state.segment.index
-            if state.frames != state.segment.frames:
-                raise SegmentError(f"segment {index}: {state.frames} frames came back of {state.segment.frames}")
-            # From 0 for the first segment: the muxer would shift the whole file to make a negative pts (an AAC
-            # encoder's priming packet) non-negative, and the frames would lose their timestamps.
-            audio_from = 0.0 if index == 0 else plan[index].start_pts
-            audio_until = plan[index + 1].start_pts if index + 1 < len(plan) else None
-            pool.finish(index, audio_from, audio_until, frame_duration)
-            writing.add(index)
-
-        def written(event: Written) -> None:
-            writing.discard(event.index)
-            if event.error is not None:
-                raise SegmentError(f"segment {event.index} could not be written: {event.error}")
-            manifest.done[event.index] = event.duration
-            manifest.sizes[event.index] = event.sizes or []
-            manifest.save(parts)
-            timeline.commit(event.index)
-            timeline.save(parts)
-            for kind, name in _playlists(kinds):
-                output.write_playlist(parts, manifest.finished_prefix(), finished=False, name=name, kind=kind)
-
-        while True:
-            while len(in_flight) < window and (segment := next(pending, None)) is not None:
-                launch(segment)
-            if not in_flight and not writing:
-                break
-            event = _next(streams[0], events, pool, idle=not in_flight)
-            if isinstance(event, Written):
-                written(event)
-                continue
-            if isinstance(event, Failed):
-                if event.video is None or event.video not in in_flight:
-                    raise StreamError(f"the stream failed: {event.message}")
-                state = in_flight.pop(event.video)
-                if watch is not None:
-                    watch.failed(state.segment.index, event.message)
-                    watch.returned(state.stream.url, state.frames)
-                if state.attempts > retries:
-                    raise SegmentError(
-                        f"the server failed on segment {state.segment.index} of {source}: {event.message} "
-                        f"({_what_is_done(manifest, parts)})"
-                    )
-                print(f"segment {state.segment.index} failed ({event.message}): trying again", file=progress_out)
-                progress.undo(state.frames)
-                timeline.drop(state.segment.index)
-                pool.abandon(state.segment.index)
-                launch(state.segment, state.attempts + 1)
-                continue
-            state = in_flight[event.video]
-            if isinstance(event, Finished):
-                finish(in_flight.pop(event.video))
-                if watch is not None:
-                    watch.returned(state.stream.url)
-                continue
-            first_chunk = first_chunk if first_chunk is not None else time.monotonic() - start
-            share = float(event.mask.mean())
-            kept += share * len(event)
-            total += len(event)
-            ready = state.reorder.push(event.first, event.mask)
-            if ready:
-                pool.masks(state.segment.index, np.stack(ready))
-                state.frames += len(ready)
-            frames_pts = np.array(state.pts[event.first : event.first + len(event)], np.int64)
-            timeline.add(state.segment.index, (frames_pts - first_pts) * float(time_base), event.mask.mean(axis=(1, 2)))
-            progress.chunk(state.segment.index, state.segment.first_frame + event.first, len(event))
-            if watch is not None:
-                watch.chunk(state.stream.url, len(event))
-        seconds = time.monotonic() - start
-        timeline.save(parts)
-        changes = _size_changes(manifest, (found.height, found.width), time_base, first_pts)
-        for change in changes:
-            print(f"the video changes size: {change}; {parts / output.PLAYLIST} has every frame at its own size, {out}"
-                  f" (MP4: one size) has them scaled to {found.width}x{found.height}, their aspect kept",
-                  file=progress_out)  # fmt: skip
-        refit = _refit(manifest, found, encoding) if changes else None
-        for kind, name in _playlists(kinds):
-            output.write_playlist(parts, manifest.finished_prefix(), finished=True, name=name, kind=kind)
-            if kind == "segment":
-                output.concat(parts, len(plan), out, kind, refit)
-            else:
-                output.concat(parts, len(plan), output.matte_path(out), kind)
-        timeline.write_beside(out, kept_class)
-    done = progress.this_run
-    return Summary(
-        str(source), str(out) if "segment" in kinds else None,
-        str(output.matte_path(out)) if "matte" in kinds else None, progress.done, done, seconds,
-        done / seconds if seconds > 0 else 0.0, first_chunk, kept / max(total, 1), len(plan), reencoded,
-        [track.as_dict() for track in sound],
-        [f"{change}, scaled to {found.width}x{found.height} in the MP4" for change in changes],
-    )  # fmt: skip
+        run = Run(jobs, settings, sender, pool, events, fail_fast, finished)
+        stack.enter_context(_resumable(jobs))
+        if any(job.source.live for job in jobs):
+            stack.enter_context(_stopped_by_signals(run.stop))
+        run.go()
+        sender.close()
+    for job in jobs:  # a page that says finished shows a run that is over: its streams closed, its encoders stopped
+        if job.state == "finished" and job.watch is not None:
+            job.watch.end()
+    return RunResult([run.outcomes[job.number] for job in jobs], run.most_videos_in_flight)
 
 
 @contextlib.contextmanager
-def _reported(watch: "Watch") -> Iterator[None]:
-    """The run's end, as the watch should show it: finished, or failed with why."""
+def _tidied(jobs: list[Job]) -> Iterator[None]:
+    """Videos that did not finish leave what a resumed run uses (`VideoOutput.tidy`), and their pages say why."""
     try:
         yield
-    except KeyboardInterrupt:
-        watch.end("cancelled")
+    except BaseException as e:
+        for job in jobs:
+            if job.state == "running" and job.watch is not None:
+                job.watch.end("cancelled" if isinstance(e, KeyboardInterrupt) else str(e))
+        for job in jobs:
+            if job.state != "finished":
+                job.output.tidy()
         raise
-    except Exception as e:
-        watch.end(str(e))
-        raise
-    else:
-        watch.end()
-
-
-def _next(stream: SegmentationStream, events: queue.Queue, pool: Encoders, idle: bool) -> Event | Written:
-    """The next event; when nothing is in flight, only the encoders are awaited (no server idle time applies, but an
-    encoder process that died fails the run)."""
-    if not idle:
-        return stream.next_event()  # all streams share one queue
-    while True:
-        try:
-            return events.get(timeout=1.0)
-        except queue.Empty:
-            try:
-                pool.check()
-            except RuntimeError as e:
-                raise SegmentError(str(e)) from None
-
-
-def _size_changes(manifest: Manifest, first: tuple[int, int], time_base: Fraction, first_pts: int) -> list[str]:
-    """Where the decoded frames change size, in order: "160x120 to 128x96 at frame 15 (0.60 s)"."""
-    changes, size = [], first
-    for frame, pts, height, width in sorted(run for runs in manifest.sizes.values() for run in runs):
-        if (height, width) != size:
-            seconds = float((pts - first_pts) * time_base)
-            changes.append(f"{size[1]}x{size[0]} to {width}x{height} at frame {frame} ({seconds:.2f} s)")
-            size = (height, width)
-    return changes
-
-
-def _refit(manifest: Manifest, found: VideoProbe, encoding: output.Encoding) -> output.Refit:
-    """The segments whose frames are not all of the video's first size, which the MP4 gets scaled to it."""
-    first = [found.height, found.width]
-    scaled = frozenset(i for i, runs in manifest.sizes.items() if any(run[2:] != first for run in runs))
-    return output.Refit(scaled, protocol.padded_size(found.height, found.width), found.rate, encoding)
-
-
-def _playlists(kinds: tuple[str, ...]) -> list[tuple[str, str]]:
-    names = {"segment": output.PLAYLIST, "matte": output.MATTE_PLAYLIST}
-    return [(kind, names[kind]) for kind in kinds]
-
-
-def _prepare_parts(parts: Path, manifest: Manifest, resume: bool) -> Manifest:
-    """The parts folder for this run: a new one, or with `resume` the earlier run's (which must be the same run)."""
-    if resume and (previous := Manifest.load(parts)) is not None:
-        if not previous.same_run(manifest):
-            raise SegmentError(f"{parts} holds a run of another source or other options: remove it to start anew")
-        manifest = previous
-    elif parts.exists():
-        if Manifest.load(parts) is not None and not resume:
-            raise SegmentError(f"{parts} holds an earlier run: add --resume to go on with it, or remove it")
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    manifest.save(parts)
-    return manifest
+    for job in jobs:
+        if job.state != "finished":
+            job.output.tidy()
 
 
 @contextlib.contextmanager
-def _resumable(manifest: Manifest, parts: Path) -> Iterator[None]:
+def _resumable(jobs: list[Job]) -> Iterator[None]:
     """A broken stream (a server gone) ends the run with what is done and how to go on."""
     try:
         yield
     except StreamError as e:
-        raise StreamError(f"{e} ({_what_is_done(manifest, parts)})") from None
-
-
-def _what_is_done(manifest: Manifest, parts: Path) -> str:
-    if not manifest.done:
-        return "no segment was finished"
-    return f"{len(manifest.done)} of {manifest.segments} segments are done in {parts}; run again with --resume to go on"
+        if len(jobs) == 1:
+            raise StreamError(f"{e} ({jobs[0].output.what_is_done()})") from None
+        done = sum(job.state == "finished" for job in jobs)
+        raise StreamError(f"{e} ({done} of {len(jobs)} videos are done; run again with --resume to go on)") from None
 
 
 @contextlib.contextmanager
-def _tidied_on_failure(manifest: Manifest, parts: Path) -> Iterator[None]:
-    """A run that fails or is cancelled leaves what a resumed run uses: no half-written files, and no parts folder at
-    all when no segment was finished."""
+def _stopped_by_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """The first Ctrl-C (or SIGTERM) calls `stop`; a second cancels the run at once. Only where signals can be
+    handled (the main thread); elsewhere Ctrl-C cancels."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = []
+
+    def handle(signum, frame) -> None:
+        if stopping:
+            raise KeyboardInterrupt
+        stopping.append(signum)
+        stop()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
-    except BaseException:
-        if manifest.done:
-            for partial in parts.glob("*.partial"):
-                partial.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(parts, ignore_errors=True)
-        raise
-
-
-def parts_folder(out: Path) -> Path:
-    """Where a run keeps its segments, playlists and manifest: beside the output."""
-    return out.with_name(out.name + ".parts")
-
-
-def request_id(state: InFlight) -> str:
-    return f"segment-{state.segment.index}-try-{state.attempts}"
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -186,12 +186,16 @@ class SegmentationStream:
 
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is not None:  # on an error or Ctrl-C, cancel what is in flight so that the server drops it
-            self._cancelled = True
-            self._call.cancel()
+            self.cancel()
         self._requests.put(None)  # no more requests: the server ends the stream after its last response
         self._reader.join(timeout=10)
         self._channel.close()
         self.client.close()
+
+    def cancel(self) -> None:
+        """Cancel the stream: the server drops the videos in flight on it (their events stop coming)."""
+        self._cancelled = True
+        self._call.cancel()
 
     def _read_info(self) -> protocol.ServerInfo:
         config = self.client.get_model_config(protocol.ENTRY, headers=self.headers, as_json=True)

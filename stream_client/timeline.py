@@ -23,18 +23,38 @@ class Timeline:
     fails is taken out again (`drop`) before it is sent again, and a saved timeline holds settled segments only, so
     that a retried or resumed segment is never counted twice."""
 
-    def __init__(self, seconds: float) -> None:
-        bins = max(1, math.ceil(seconds))
-        self.frames = np.zeros(bins, np.int64)
-        self.kept = np.zeros(bins, np.float64)
+    def __init__(self, seconds: float, grows: bool = False) -> None:
+        """`seconds` of video; with `grows` (a live source) as many more as its frames reach."""
+        self.length = max(1, math.ceil(seconds))
+        self.grows = grows
+        self._frames = np.zeros(self.length, np.int64)
+        self._kept = np.zeros(self.length, np.float64)
         self._pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    @property
+    def frames(self) -> np.ndarray:
+        return self._frames[: self.length]
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self._kept[: self.length]
 
     def add(self, segment: int, seconds: np.ndarray, shares: np.ndarray) -> None:
         """The segment's frames at `seconds` (from the start) with the share of their pixels the mask kept."""
-        index = np.clip(seconds.astype(np.int64), 0, len(self.frames) - 1)
+        index = seconds.astype(np.int64)
+        if self.grows and len(index) and index.max() >= self.length:
+            self._grow(int(index.max()) + 1)
+        index = np.clip(index, 0, self.length - 1)
         np.add.at(self.frames, index, 1)
         np.add.at(self.kept, index, shares)
         self._pending.setdefault(segment, []).append((index, shares))
+
+    def _grow(self, length: int) -> None:
+        if length > len(self._frames):  # doubled: a long live run copies its arrays a few times, not every second
+            capacity = max(length, 2 * len(self._frames))
+            self._frames = np.concatenate([self._frames, np.zeros(capacity - len(self._frames), np.int64)])
+            self._kept = np.concatenate([self._kept, np.zeros(capacity - len(self._kept), np.float64)])
+        self.length = length
 
     def commit(self, segment: int) -> None:
         self._pending.pop(segment, None)

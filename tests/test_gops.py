@@ -214,3 +214,55 @@ def test_a_servers_frame_limit_cuts_segments_at_the_last_safe_keyframe_that_keep
                 assert following[0] - position > limit, (limit, parts, gop)
             position += frames
     assert [p.frames for p in gops.plan(path, max_seconds=None)] == [95]
+
+
+def cut_live(path: Path, skip: int = 0, **limits) -> tuple[list[Segment], gops.Cutter]:
+    """The file's packets (past the first `skip`) through a Cutter one at a time, as a live source gives them."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        cutter = gops.Cutter(stream, **limits)
+        packets = [p for p in container.demux(stream) if p.size][skip:]
+        parts = [s for p in packets if (s := cutter.push(p)) is not None]
+        last = cutter.flush()
+    return parts + ([last] if last else []), cutter
+
+
+@pytest.mark.parametrize("name", list(VIDEOS))
+def test_a_live_cutter_makes_the_plans_segments_as_the_packets_arrive(video, name):
+    path = video(name)
+    for limit in (0, 0.5):
+        parts, _ = cut_live(path, max_seconds=limit)
+        assert len(parts) > 1
+        assert [p.frames for p in parts] == [p.frames for p in gops.plan(path, max_seconds=limit)]
+        check_segments(path, parts)
+        listed = packets(path)
+        assert all(p.pts == tuple(sorted(t for t, _ in listed[p.first_frame : p.first_frame + p.frames]))
+                   for p in parts)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["h264-open-gop", "hevc-open-gop"])
+def test_a_live_cutter_never_cuts_before_leading_pictures(video, name):
+    path = video(name)
+    parts, _ = cut_live(path, max_seconds=0)
+    starts = {p.first_frame for p in parts}
+    assert starts and not starts & set(leading_keyframes(path))
+    check_segments(path, parts)
+
+
+def test_a_live_cutter_joining_mid_gop_starts_at_the_next_keyframe(video):
+    path = video("h264")
+    keyframe = next(i for i, (_, key) in enumerate(packets(path)) if key and i > 5)
+    parts, cutter = cut_live(path, skip=5, max_seconds=0.5)
+    assert cutter.skipped == keyframe - 5  # they need the keyframe before them
+    whole = decode(path)[keyframe:]
+    frames = [frame for part in parts for frame in decode(part.data)]
+    assert len(frames) == len(whole)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(frames, whole, strict=True))
+
+
+def test_a_live_cutter_cuts_at_the_last_safe_keyframe_within_a_servers_frame_limit(tmp_path):
+    path = make_video(tmp_path / "gop10.mp4", "libx264", {"g": "10", "bf": "0"}, frames=95)
+    for limit in (5, 25, 40):
+        parts, _ = cut_live(path, max_seconds=None, max_frames=limit)
+        assert [p.frames for p in parts] == [p.frames for p in gops.plan(path, max_seconds=None, max_frames=limit)]
+        check_segments(path, parts)

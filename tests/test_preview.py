@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -191,3 +192,37 @@ def test_a_run_without_a_class_names_the_servers_default(server, tmp_path):
         assert status(url)["class"] == default
     finally:
         assert stop(viewer) == 0
+
+
+def test_a_run_of_several_videos_shows_each_and_plays_the_one_picked_a_live_one_as_it_plays(browser, server, tmp_path):
+    from test_live import write_ts
+
+    clip = make_av(tmp_path / "clip.mp4", 50, audio=False)
+    command = [sys.executable, "-m", "stream_client", "-", str(clip), "--out-dir", str(tmp_path / "out"), "--url",
+               server.url, "--threshold", "0", "--preview", f"127.0.0.1:{free_port()}"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            bufsize=0, preexec_fn=as_a_foreground_job)  # fmt: skip
+    url = next(found.group(0) for line in proc.stderr if (found := re.search(rb"http://\S+/", line))).decode()
+    writer = threading.Thread(target=write_ts, args=(proc.stdin, 150))  # 15 s at 10 frames/s
+    writer.start()
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_function("window.preview.status && window.preview.status.videos.length === 2", timeout=60_000)
+        # The first video, the live one, plays while its source still sends.
+        page.wait_for_function("document.getElementById('video').currentTime > 0.5", timeout=60_000)
+        assert writer.is_alive()
+        assert page.inner_text("#percent") == "live" and "behind live" in page.inner_text("#numbers")
+        # Picked, the clip plays from its start.
+        page.locator("#videos tr[data-k='1']").click()
+        page.wait_for_function("window.preview.status && window.preview.status.video === 1 && "
+                               "window.preview.appended >= 1 && document.getElementById('video').currentTime > 0.5",
+                               timeout=60_000)  # fmt: skip
+        assert page.evaluate("window.preview.status.source").endswith("clip.mp4")
+        assert page.evaluate("window.preview.player") == "mse"
+        page.close()
+    finally:
+        writer.join()
+        proc.stdin.close()
+    wait_for(lambda: [v["state"] for v in status(url)["videos"]] == ["finished", "finished"], 120, "the run's end")
+    assert stop(proc) == 0
