@@ -30,13 +30,11 @@ from repo.access import Access, access_args
 from repo.stub_env import SITE_VARIABLE, pytriton_server_root
 
 DALI_BACKEND_LIBRARY = "libtriton_dali.so"
+PROTOCOLS = ("http", "grpc", "metrics")
 
 
 class ServerError(RuntimeError):
     pass
-
-
-PROTOCOLS = ("http", "grpc", "metrics")
 
 
 def _free_port() -> int:
@@ -74,7 +72,7 @@ def _pytriton_server(workdir: Path, dali_backend: Path | None = None) -> tuple[P
 
 def dali_backend_folder(path: Path) -> Path:
     """The folder of a built `libtriton_dali.so` (the file or its folder), or a clear error."""
-    folder = path if path.is_dir() else path.parent
+    folder = path.parent if path.suffix == ".so" else path
     if not (folder / DALI_BACKEND_LIBRARY).is_file():
         raise ServerError(f"no {DALI_BACKEND_LIBRARY} in {folder}")
     return folder.resolve()

@@ -15,7 +15,7 @@ from conftest import SETTINGS
 
 from repo.build import build
 from repo.models import server_args
-from repo.serve import DALI_BACKEND_LIBRARY, TritonServer
+from repo.serve import ServerError, TritonServer, dali_backend_folder
 
 DEFAULT_PLACE = Path(__file__).resolve().parents[2] / "build" / "native" / "dali"
 BACKEND = Path(os.environ.get("SEGMENT_DALI_BACKEND") or DEFAULT_PLACE)
@@ -24,12 +24,11 @@ NATIVE = replace(SETTINGS, target="dali")
 
 def backend_missing() -> str | None:
     """Why the lane cannot run here, or None."""
-    if (BACKEND if BACKEND.is_file() else BACKEND / DALI_BACKEND_LIBRARY).is_file():
-        return None
-    return (
-        f"Triton's DALI backend is not built here: no {DALI_BACKEND_LIBRARY} at {BACKEND} "
-        "(SEGMENT_DALI_BACKEND names one; see the README's native lane)"
-    )
+    try:
+        dali_backend_folder(BACKEND)
+    except ServerError as e:
+        return f"Triton's DALI backend is not built here: {e} (SEGMENT_DALI_BACKEND names one; see the README)"
+    return None
 
 
 @pytest.fixture(scope="session")
