@@ -41,7 +41,7 @@ case "${1:-tests}" in
   tests)
     for i in $(seq 1 "${2:-1}"); do
       echo "== GPU tests, run $i"
-      SEGMENT_GPU_TESTS=1 timeout 400 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/gpu_tests_$i.log" | tail -15 || true
+      SEGMENT_GPU_TESTS=1 timeout 590 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/gpu_tests_$i.log" | tail -15 || true
     done ;;
   # /tmp lasts while the machine is held: the runs of several calls add up there, and each call returns them all.
   record) python3 benchmarks/record.py --out "$record" "${@:2}"; cp -r "$record/." "$out/" ;;

@@ -25,9 +25,11 @@ CHUNK = "CHUNK_"  # the prefix of the request's values as they leave with a chun
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# FFmpeg's CPU decoders that DALI's CPU video input reads; NVDEC (device "gpu") reads these and H.264/HEVC/AV1.
+# FFmpeg's CPU decoders that DALI's CPU video input reads. On a GPU, the codecs its GPU variant may read, where the
+# GPU's NVDEC does (AV1: not on an H100): what a GPU server takes, with chroma, bit depth and sizes, is asked of the
+# device when it starts (`repo.formats`); this list is only what a client that does not ask reads.
 CPU_CODECS = ("vp8", "vp9", "mjpeg")
-GPU_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mjpeg")
+GPU_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4")
 # The request's values: name -> (DALI type, values per video).
 CARRIED = {CLASS_ID: (types.INT32, 1), THRESHOLD: (types.FLOAT, 1), FRAME_SIZE: (types.INT32, 2)}
 
@@ -39,6 +41,25 @@ def codecs_for(device: str) -> tuple[str, ...]:
 def carried(with_frames: bool) -> tuple[str, ...]:
     """The request's values a decoder takes: the frame's size only goes with frames (the masker resizes to it)."""
     return tuple(name for name in CARRIED if with_frames or name != FRAME_SIZE)
+
+
+def prepare(frames, model_size: tuple[int, int], half: bool):
+    """Step 3: decoded frames (F, H, W, 3) uint8 -> the segmenter's input (F, 3, h, w)."""
+    return fn.crop_mirror_normalize(
+        fn.resize(frames, size=list(model_size)),
+        dtype=types.FLOAT16 if half else types.FLOAT,
+        output_layout="FCHW",
+        mean=[255 * m for m in IMAGENET_MEAN],
+        std=[255 * s for s in IMAGENET_STD],
+        name=MODEL_INPUT,
+    )
+
+
+def prepared(device: str = "cpu", model_size: tuple[int, int] = (224, 224), half: bool = False):
+    """Step 3 alone, on frames decoded elsewhere (`FRAMES`, (F, H, W, 3) uint8): the tests' reference decodes with
+    PyAV and prepares the frames as the server does."""
+    frames = fn.external_source(name=FRAMES, layout="FHWC", dtype=types.UINT8, ndim=4, device=device)
+    return prepare(frames, model_size, half)
 
 
 def decode(
@@ -55,14 +76,7 @@ def decode(
         device="mixed" if device == "gpu" else "cpu",
         last_sequence_policy="partial",
     )
-    model_input = fn.crop_mirror_normalize(
-        fn.resize(frames, size=list(model_size)),
-        dtype=types.FLOAT16 if half else types.FLOAT,
-        output_layout="FCHW",
-        mean=[255 * m for m in IMAGENET_MEAN],
-        std=[255 * s for s in IMAGENET_STD],
-        name=MODEL_INPUT,
-    )
+    model_input = prepare(frames, model_size, half)
     # no_copy: DALI keeps a repeating source's value by a copy through the CUDA runtime, which fails on a machine
     # without a GPU driver; the request's buffer outlives its runs in both server targets.
     values = [

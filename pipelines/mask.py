@@ -2,7 +2,9 @@
 
 Steps, per chunk (one sample of a masker model's batch: F frames of one video):
 1. `CLASS_PROBS` (F, 1, h, w): the class's probability per pixel, from the segmenter. A pixel is kept exactly when
-   it is above `THRESHOLD`; `MASK` is that, (F, h, w) uint8 0/1, at the model's size.
+   it is above `THRESHOLD`; `MASK` is that, (F, h, w) uint8 0/1, at the model's size. A softmax probability lies
+   strictly between 0 and 1, but float16 rounds those below 6e-8 to 0 (and float32 those near 1 to 1): compared as
+   lying inside (0, 1), so that threshold 0 keeps every pixel and 1 none, whatever the rounding.
 2. The mask resized to `FRAME_SIZE` (H, W) with nearest-neighbour sampling (the same as thresholding the resized
    probabilities, for a fraction of the bytes). The size comes as an input, not from the frames' shape: the
    executor of Triton's DALI backend runs no CPU operator on GPU data.
@@ -13,6 +15,9 @@ Without frames (`with_frames=False`) the graph stops at 1: the mask alone, for c
 """
 
 from nvidia.dali import fn, types
+from nvidia.dali import math as dali_math
+
+INSIDE = 1e-7  # how far inside (0, 1) a rounded probability is taken to lie (1 - 1e-7 < 1 in float32)
 
 FRAMES = "FRAMES"
 CLASS_PROBS = "CLASS_PROBS"
@@ -38,7 +43,8 @@ def class_index(name: str) -> int:
 def mask(device: str = "cpu", with_frames: bool = True):
     probs = fn.external_source(name=CLASS_PROBS, layout="FCHW", device=device, ndim=4)
     threshold = fn.external_source(name=THRESHOLD, dtype=types.FLOAT, device=device, ndim=1)
-    keep = fn.cast(fn.cast(probs, dtype=types.FLOAT) > threshold, dtype=types.UINT8)
+    inside = dali_math.clamp(fn.cast(probs, dtype=types.FLOAT), INSIDE, 1 - INSIDE)
+    keep = fn.cast(inside > threshold, dtype=types.UINT8)
     class_mask = fn.squeeze(keep, axes=[1], name=MASK)
     if not with_frames:
         return class_mask

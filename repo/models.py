@@ -10,9 +10,10 @@ The client calls one of two ensembles; Triton moves every tensor between the ste
     segment_video       check_video -> video_decoder (decoupled: a response per chunk) -> segmenter -> masker
     segment_video_mask  check_video -> input_decoder (no frames)                       -> segmenter -> class_masker
 
-`check_video` refuses what the chain cannot take, with a message for the user, and turns the request's parameters
-into tensors; the decoder carries them along with each chunk (an ensemble step after a decoupled one may only take
-that step's outputs). The segmenter and the maskers batch chunks of several videos and keep their order.
+`check_video` refuses what the chain cannot take, with a message for the user (what the decoder takes it asks of
+`decoder_formats`, which asked the GPU when the server started; clients ask it too), and turns the request's
+parameters into tensors; the decoder carries them along with each chunk (an ensemble step after a decoupled one may
+only take that step's outputs). The segmenter and the maskers batch chunks of several videos and keep their order.
 """
 
 import json
@@ -207,6 +208,17 @@ def _check(s: Settings) -> mc.ModelConfig:
     return config
 
 
+def _formats(s: Settings) -> mc.ModelConfig:
+    """What the decoder takes, asked of the decoders' device (a GPU's instance probes it at load): no input."""
+    config = mc.ModelConfig(
+        name=protocol.FORMATS_MODEL,
+        max_batch_size=0,
+        output=[_out(protocol.FORMATS, mc.TYPE_STRING, [1])],
+        instance_group=_instances(s, 1, on_gpu=True),
+    )
+    return _python_model(s, config)
+
+
 def _decoder(s: Settings, name: str, with_frames: bool) -> mc.ModelConfig:
     h, w = s.model_size
     carried = decode.carried(with_frames)
@@ -318,6 +330,7 @@ def configs(s: Settings) -> dict[str, mc.ModelConfig]:
         protocol.ENTRY: _entry(s, protocol.ENTRY),
         protocol.MASK_ENTRY: _entry(s, protocol.MASK_ENTRY),
         CHECK: _check(s),
+        protocol.FORMATS_MODEL: _formats(s),
         DECODER: _decoder(s, DECODER, with_frames=True),
         INPUT_DECODER: _decoder(s, INPUT_DECODER, with_frames=False),
         SEGMENTER: _segmenter(s),

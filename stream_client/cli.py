@@ -73,7 +73,9 @@ def client_parser() -> argparse.ArgumentParser:
         "(default: start one locally)",
     )
     parser.add_argument("--class", dest="class_name", help="the VOC class to keep (default: the server's, 'person')")
-    parser.add_argument("--threshold", type=float, help="keep pixels whose class probability is above this")
+    parser.add_argument(
+        "--threshold", type=float, help="keep pixels whose class probability is above this (0: every pixel, 1: none)"
+    )
     parser.add_argument(
         "--returns",
         choices=RETURNS,
@@ -104,7 +106,7 @@ def client_parser() -> argparse.ArgumentParser:
         "--window",
         type=int,
         default=16,
-        help="segments in flight at once; their encoders run in parallel, a process per core (default 16)",
+        help="segments at the servers at once; their encoders run in parallel, a process per core (default 16)",
     )
     long.add_argument("--retries", type=int, default=1, help="times a segment the server rejected is sent again")
     long.add_argument(

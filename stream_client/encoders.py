@@ -191,6 +191,10 @@ class Encoders:
                 continue
             self._events.put(Written(*result))
 
+    @property
+    def workers(self) -> int:
+        return len(self._inboxes)
+
     def start(self, job: SegmentJob) -> None:
         load = [0] * len(self._inboxes)
         for worker in self._owner.values():

@@ -35,7 +35,7 @@ class Settings:
     class_name: str | None = None  # the VOC class to keep (None: the server's default)
     threshold: float | None = None
     returns: str = "segmented"  # one of RETURNS
-    window: int = 2  # segments in flight at once, sent and not yet written, over all videos
+    window: int = 2  # segments at the servers at once, over all videos (being written: up to one more per encoder)
     max_seconds: float | None = 10.0  # a file's segments: cut at the first safe keyframe past this (None: no limit)
     max_bytes: int | None = None  # ... or past this many bytes
     live_seconds: float | None = 1.0  # a live source's segments: cut at the first safe keyframe past this
@@ -94,6 +94,8 @@ class Job:
         self.state, self.started = "running", time.monotonic()
         try:
             self.source.open(sender.max_frames)
+            if not self.source.live:  # a live source's format is known once it plays: its first segment says
+                sender.check(self.source.info)
         except ValueError as e:
             raise SegmentError(f"{self.source.name}: {e}") from None
         self.kept_class = self.settings.class_name or sender.default_class()

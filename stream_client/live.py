@@ -27,6 +27,7 @@ import av
 
 from stream_client import gops
 from stream_client.manifest import Manifest
+from stream_client.probe import layout
 from stream_client.sources import MaxFrames, Piece, VideoInfo
 
 STDIN = "-"
@@ -162,7 +163,7 @@ class LiveSource:
             context = stream.codec_context
             self.info = VideoInfo(context.codec.canonical_name, context.height, context.width,
                                   Fraction(stream.average_rate) if stream.average_rate else None,
-                                  stream.time_base or Fraction(1, 90000))  # fmt: skip
+                                  stream.time_base or Fraction(1, 90000), *layout(context.pix_fmt))  # fmt: skip
             cutter = gops.Cutter(stream, max_seconds=self.max_seconds, max_bytes=self.max_bytes,
                                  max_frames=max_frames(context.height, context.width))  # fmt: skip
             with self._lock:

@@ -18,6 +18,22 @@ class VideoProbe:
     # Packets the container hides from playback (an MP4/MOV edit list that starts after the first frame): FFmpeg
     # drops or marks them, DALI's video input decodes them anyway, so its frames would not be the video's.
     hidden: int = 0
+    chroma: str = ""  # its chroma subsampling: "420", "422", "444" or "400" (grey); "" when the container does not say
+    bit_depth: int = 0  # bits per sample; 0 when the container does not say
+
+
+def layout(pix_fmt: str | None) -> tuple[str, int]:
+    """(chroma subsampling, bit depth) of an FFmpeg pixel format, ("", 0) when unknown or not YUV."""
+    try:
+        planes = av.VideoFormat(pix_fmt, 64, 64).components if pix_fmt else ()
+    except (ValueError, av.FFmpegError):
+        return "", 0
+    if not planes or planes[0].is_alpha:
+        return "", 0
+    if len(planes) == 1:
+        return "400", planes[0].bits
+    chroma = {(64, 64): "444", (32, 64): "422", (32, 32): "420"}.get((planes[1].width, planes[1].height), "")
+    return chroma, planes[0].bits
 
 
 def probe(data: bytes | bytearray | memoryview | Path) -> VideoProbe:
@@ -38,6 +54,7 @@ def probe(data: bytes | bytearray | memoryview | Path) -> VideoProbe:
                     shown += not p.is_discard
             codec = stream.codec_context.codec.canonical_name  # the codec's name (av1), not its decoder's (libdav1d)
             width, height = stream.codec_context.width, stream.codec_context.height
+            chroma, bit_depth = layout(stream.codec_context.pix_fmt)
             rate = stream.average_rate or stream.guessed_rate
             edit_lists = "mov" in container.format.name.split(",")
         hidden = max(_all_packets(data) - shown, 0) if edit_lists else 0
@@ -45,7 +62,7 @@ def probe(data: bytes | bytearray | memoryview | Path) -> VideoProbe:
         raise ValueError(f"not a video container FFmpeg can read ({size} bytes): {e}") from None
     if packets == 0:
         raise ValueError("the video stream holds no frames")
-    return VideoProbe(codec, width, height, packets, Fraction(rate) if rate else None, hidden)
+    return VideoProbe(codec, width, height, packets, Fraction(rate) if rate else None, hidden, chroma, bit_depth)
 
 
 def _all_packets(data: bytes | bytearray | memoryview | Path) -> int:

@@ -23,7 +23,7 @@ class Summary:
     first_chunk_seconds: float | None
     kept_pixels: float  # the share of pixels the mask kept, over the frames of this run
     segments: int
-    reencoded_to: str | None  # the codec the client re-encoded to for a CPU server, if it did
+    reencoded_to: str | None  # the codec the client converted to for the server's decoder, if it did
     live: bool = False
     dropped_frames: int = 0  # a live source's frames dropped because it ran ahead of the servers
     # A live source's frames, from entering the client to their segment being listed: min, median, max (s).
@@ -34,7 +34,7 @@ class Summary:
 
     def line(self) -> str:
         first = f"{self.first_chunk_seconds:.2f} s" if self.first_chunk_seconds is not None else "-"
-        note = f", re-encoded to {self.reencoded_to} for the server's CPU decoder" if self.reencoded_to else ""
+        note = f", re-encoded to {self.reencoded_to} for the server's decoder" if self.reencoded_to else ""
         note += "".join(f"; {AudioTrack(**track).line()}" for track in self.audio)
         note += "".join(f"; {change}" for change in self.size_changes)
         resumed = (

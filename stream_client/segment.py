@@ -3,8 +3,9 @@
 A run is three stages, each a module, that every kind of source feeds alike:
 1. where segments come from (`sources`: a file's plan; `live`: a live demuxer cutting GOPs as they arrive): pieces of
    the video that decode on their own, cut at safe keyframes without re-encoding (`gops`);
-2. sending (`sending`): at most `window` segments in flight (sent, and not yet written), of one video or of several,
-   spread over the servers' streams; a segment that a server rejects is sent again (`retries`);
+2. sending (`sending`): at most `window` segments in flight at the servers (and at most `window` and one per encoder
+   sent and not yet written), of one video or of several, spread over the servers' streams; a segment that a server
+   rejects is sent again (`retries`);
 3. writing (`encoders`, `writing`): as a segment's masks come back, its encoder process decodes the segment here,
    keeps the class's pixels and encodes them; once its files are done it is recorded in the manifest and listed in
    the playlists (the run can be watched while it goes); at the end of a video its segments become one MP4.
@@ -92,8 +93,17 @@ class Run:
 
     def _fill(self) -> None:
         """Send segments while the window has room: a live source's first, then the files' in order (the next file
-        starts when those before it have sent all theirs, so short clips keep the servers busy)."""
-        while len(self.sender.in_flight) + sum(len(j.writing) for j in self.jobs) < self.settings.window:
+        starts when those before it have sent all theirs, so short clips keep the servers busy).
+
+        The window counts the segments at the servers. Those whose masks are all back and that an encoder is still
+        writing do not hold it: else an encoder that finishes a segment waits idle for the next one's first chunk
+        while the servers hold fewer than `window` (with as many encoders as the window, as on a 16-core GPU host,
+        the CLI lost a third of its frames/s so). They are bounded apart, at one more per encoder, so that memory
+        stays bounded."""
+        window = self.settings.window
+        while len(self.sender.in_flight) < window and (
+            len(self.sender.in_flight) + sum(len(j.writing) for j in self.jobs) < window + self.pool.workers
+        ):
             found = self._next_piece()
             if found is None:
                 break

@@ -1,6 +1,7 @@
 """Sending: a run's segments go to the servers' streams, each to the stream with the fewest in flight, as one request;
-the masks come back on one queue shared by every stream. A server whose decoder cannot read the segment's codec gets
-it re-encoded first (`videos.reencode_for_cpu`).
+the masks come back on one queue shared by every stream. A server whose decoder does not take the segment as it is
+(its codec, chroma, bit depth or size: `protocol.ServerInfo.refusal`, from what the server's device said) gets it
+converted first (`videos.convert`), and the user is told once.
 
 Request ids name the video of the run, the segment and the attempt, so that the events of a segment that was given up
 (its video failed, or it was sent again) are told apart and ignored.
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from stream_client import videos
+from stream_client.protocol import ServerInfo
 from stream_client.reorder import Reorderer
 from stream_client.sources import Piece, VideoInfo
 from stream_client.stream import SegmentationStream, StreamError
@@ -47,7 +49,7 @@ class Sender:
         self.progress_out = progress_out
         self.idle_timeout = idle_timeout
         self.last_heard = time.monotonic()
-        self._told: set[str] = set()  # codecs the user was told are re-encoded
+        self._told: set[str] = set()  # conversions the user was told of
         self._abandoned: set[str] = set()  # requests given up, not yet ended on the server
 
     def max_frames(self, height: int, width: int) -> int:
@@ -62,6 +64,20 @@ class Sender:
     def model_size(self) -> tuple[int, int]:
         return self.infos[self.streams[0].url].model_size
 
+    def check(self, info: VideoInfo) -> None:
+        """ValueError, for the user, when a server's decoder cannot take the video even converted (before anything of
+        it is sent)."""
+        for server in self.infos.values():
+            self._conversion(info, server)
+
+    @staticmethod
+    def _conversion(info: VideoInfo, server: ServerInfo) -> tuple[str, str, int, int] | None:
+        """(why, codec, width, height) when the server's decoder does not take the video as it is; else None."""
+        why = server.refusal(info.codec, info.chroma, info.bit_depth, info.width, info.height)
+        if why is None:
+            return None
+        return (why, *server.conversion(info.width, info.height, videos.conversions_for(server.decoder_device)))
+
     def send(self, video: int, piece: Piece, info: VideoInfo, class_name: str | None, threshold: float | None,
              attempts: int = 1) -> tuple[InFlight, str | None]:  # fmt: skip
         """Send a segment; (what is in flight, the codec it was re-encoded to for the server, if it was)."""
@@ -69,15 +85,15 @@ class Sender:
         state = InFlight(video, piece, stream, attempts)
         data, reencoded = piece.segment.data, None
         server = self.infos[stream.url]
-        if info.codec not in server.codecs:  # a segment is the source's packets: its codec is the source's
-            data, reencoded = videos.reencode_for_cpu(data, info.rate), videos.CPU_CODEC
-            if info.codec not in self._told:
-                self._told.add(info.codec)
-                print(
-                    f"the server decodes on the {server.decoder_device} and reads {', '.join(server.codecs)}: "
-                    f"re-encoding {info.codec} to {videos.CPU_CODEC} for it",
-                    file=self.progress_out,
-                )
+        # A segment is the source's packets: its codec, layout and size are the source's.
+        if (conversion := self._conversion(info, server)) is not None:
+            why, codec, width, height = conversion
+            data, reencoded = videos.convert(data, info.rate, codec, (height, width)), codec
+            if why not in self._told:
+                self._told.add(why)
+                size = "" if (width, height) == (info.width, info.height) else f" at {width}x{height}"
+                print(f"the server at {stream.url}: {why}: re-encoding {info.codec} to {codec}{size} for it",
+                      file=self.progress_out)  # fmt: skip
         if not self.in_flight:
             self.last_heard = time.monotonic()  # the servers' silence counts from here
         self.in_flight[state.request_id] = state

@@ -28,6 +28,8 @@ class VideoInfo:
     width: int
     rate: Fraction | None  # frames per second, where known
     time_base: Fraction  # of the segments' timestamps
+    chroma: str = ""  # "420", "422", "444", "400"; "" where the container does not say
+    bit_depth: int = 0  # 0 where the container does not say
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class FileSource:
             stream = container.streams.video[0]
             time_base = stream.time_base or Fraction(1, 1)
             pts = [p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None] or [0]
-        self.info = VideoInfo(found.codec, found.height, found.width, found.rate, time_base)
+        self.info = VideoInfo(found.codec, found.height, found.width, found.rate, time_base, found.chroma,
+                              found.bit_depth)  # fmt: skip
         self.plan = gops.plan(self.path, max_seconds=self.max_seconds, max_bytes=self.max_bytes,
                               max_frames=max_frames(found.height, found.width))  # fmt: skip
         self.total_frames = found.packets

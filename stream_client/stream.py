@@ -199,9 +199,13 @@ class SegmentationStream:
 
     def _read_info(self) -> protocol.ServerInfo:
         config = self.client.get_model_config(protocol.ENTRY, headers=self.headers, as_json=True)
-        return protocol.ServerInfo.from_parameters(
+        info = protocol.ServerInfo.from_parameters(
             {k: v["string_value"] for k, v in config["config"]["parameters"].items()}
         )
+        if not self.client.is_model_ready(protocol.FORMATS_MODEL, headers=self.headers):
+            return info  # a server from before the decoder said what it takes: its codecs, at any size
+        asked = self.client.infer(protocol.FORMATS_MODEL, [], headers=self.headers)
+        return info.with_formats(protocol.formats_from_json(asked.as_numpy(protocol.FORMATS)[0].decode()))
 
     def server_info(self) -> protocol.ServerInfo:
         return self._info

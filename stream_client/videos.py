@@ -1,4 +1,4 @@
-"""Video files and frames with PyAV: decode, re-encode for a server that decodes on the CPU, NV12, images."""
+"""Video files and frames with PyAV: decode, convert for a server's decoder, NV12, images."""
 
 import io
 from collections.abc import Iterator
@@ -11,7 +11,22 @@ import numpy as np
 # DALI's CPU decoder reads MJPEG, and MJPEG in 4:4:4 decodes there to the same pixels as in FFmpeg; being intra-only,
 # it also keeps every frame on its own. Quantiser 1-2: close to the source, ~5x the size of the H.264 input.
 CPU_CODEC = "mjpeg"
-CPU_PIX_FMT = "yuvj444p"
+# What the client can convert a video into for a server whose decoder does not take it as it is, in its order of
+# preference: codec -> (encoder, pixel format, options). One packet per frame, in display order (no B-frames, no
+# hidden frames: DALI's video input counts one frame per packet). Only the server's mask comes of it: the frames
+# written are the client's own decode of the source.
+CONVERSIONS = {
+    "h264": ("libx264", "yuv420p", {"preset": "veryfast", "crf": "16", "bf": "0"}),
+    "hevc": ("libx265", "yuv420p", {"preset": "veryfast", "crf": "16", "x265-params": "bframes=0:log-level=error"}),
+    "vp9": ("libvpx-vp9", "yuv420p", {"crf": "20", "b": "0", "lag-in-frames": "0", "auto-alt-ref": "0"}),
+    CPU_CODEC: ("mjpeg", "yuvj444p", {"qmin": "1", "qmax": "2"}),
+}
+
+
+def conversions_for(device: str) -> tuple[str, ...]:
+    """The codecs to convert to, best first: for a CPU decoder MJPEG (intra-only 4:4:4, which DALI decodes to FFmpeg's
+    own pixels), for NVDEC H.264."""
+    return tuple(dict.fromkeys([CPU_CODEC, *CONVERSIONS])) if device == "cpu" else tuple(CONVERSIONS)
 
 
 def frames(source: Path | bytes) -> Iterator[np.ndarray]:
@@ -21,22 +36,25 @@ def frames(source: Path | bytes) -> Iterator[np.ndarray]:
             yield frame.to_ndarray(format="rgb24")
 
 
-def reencode_for_cpu(source: Path | bytes, rate: Fraction | None) -> bytes:
-    """The video re-encoded to a codec DALI's CPU decoder reads, every frame kept, in Matroska."""
+def convert(source: Path | bytes, rate: Fraction | None, codec: str = CPU_CODEC, size: tuple[int, int] | None = None,
+            ) -> bytes:  # fmt: skip
+    """The video re-encoded to `codec` (one of `CONVERSIONS`), every frame kept, in Matroska; at `size` (H, W) when
+    given, else at its first frame's size."""
+    encoder, pix_fmt, options = CONVERSIONS[codec]
     out = io.BytesIO()
     with av.open(out, "w", format="matroska") as container:
         stream = None
         for image in frames(source):
             if stream is None:
-                stream = container.add_stream(CPU_CODEC, rate=rate or 30)
-                stream.height, stream.width = image.shape[:2]
-                stream.pix_fmt = CPU_PIX_FMT
-                stream.codec_context.options = {"qmin": "1", "qmax": "2"}
+                stream = container.add_stream(encoder, rate=rate or 30)
+                stream.height, stream.width = size or image.shape[:2]
+                stream.pix_fmt = pix_fmt
+                stream.codec_context.options = dict(options)
             picture = av.VideoFrame.from_ndarray(image, format="rgb24")
             if image.shape[:2] != (stream.height, stream.width):
-                # A frame of another size (two recordings joined) is stretched to the first's: the server decodes one
-                # size, and the mask it sends back is at the model's size whatever the frame's; the client scales it
-                # to each frame's own size.
+                # Scaled to the size asked for, or a frame of another size (two recordings joined) stretched to the
+                # first's: the server decodes one size, and the mask it sends back is at the model's size whatever
+                # the frame's; the client scales it to each frame's own size.
                 picture = picture.reformat(width=stream.width, height=stream.height)
             container.mux(stream.encode(picture))
         if stream is not None:

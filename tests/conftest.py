@@ -51,6 +51,12 @@ def video_file(tmp_path_factory) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
+def settings() -> Settings:
+    """The settings `server` was built with (the other lanes override both)."""
+    return SETTINGS
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[TritonServer]:
     repository = build(SETTINGS, tmp_path_factory.mktemp("repo") / "repo")
     with TritonServer(repository, args=server_args(SETTINGS)) as running:

@@ -1,6 +1,9 @@
 """The chain run in-process, without a server: the same pipelines (built as the server builds them) and the same seeded
 weights as the server's."""
 
+import io
+
+import av
 import numpy as np
 import torch
 from nvidia.dali.tensors import TensorListGPU
@@ -45,11 +48,7 @@ def decoded(data: bytes, settings: Settings) -> tuple[list[np.ndarray], list[np.
 def segmented(data: bytes, settings: Settings, class_id: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """(segmented NV12 (N, 3 H'/2, W'), mask (N, h, w)): every frame of the video as the server should return it."""
     device = "cuda" if settings.device == "gpu" else "cpu"
-    dtype = torch.float16 if settings.half else torch.float32
-    key = (settings.random_weights_seed, device, dtype)
-    if key not in _models:
-        _models[key] = fcn.seeded(settings.random_weights_seed).to(device, dtype)
-    model = _models[key]
+    model = _model(settings, device)
     frames, model_input = decoded(data, settings)
     pipe = _build(mask.mask, settings)
     nv12, masks = [], []
@@ -64,3 +63,38 @@ def segmented(data: bytes, settings: Settings, class_id: int, threshold: float) 
         nv12.append(_numpy(out, 0))
         masks.append(_numpy(kept, 0))
     return np.concatenate(nv12), np.concatenate(masks)
+
+
+def pyav_frames(data: bytes) -> np.ndarray:
+    """Every frame of the video as PyAV (FFmpeg's software decoders) gives it, (N, H, W, 3) uint8 RGB."""
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def prepared(frames: np.ndarray, settings: Settings) -> np.ndarray:
+    """Frames as the segmenter's input (N, 3, h, w), by the server's own preparation step run on the CPU."""
+    pipe = pipelines.build(decode.prepared, batch_size=1, device_id=None, model_size=settings.model_size,
+                           half=settings.half)  # fmt: skip
+    pipe.feed_input(decode.FRAMES, [frames])
+    (out,) = pipe.run()
+    return _numpy(out, 0)
+
+
+def class_probs(model_input: np.ndarray, settings: Settings, class_id: int, batch: int = 32) -> np.ndarray:
+    """The class's probability per pixel, (N, h, w) float32, from the server's model with the same seeded weights."""
+    device = "cuda" if settings.device == "gpu" else "cpu"
+    model = _model(settings, device)
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(model_input), batch):
+            x = torch.from_numpy(model_input[start : start + batch]).to(device)
+            parts.append(model(x)[:, class_id].float().cpu().numpy())
+    return np.concatenate(parts)
+
+
+def _model(settings: Settings, device: str) -> fcn.Segmenter:
+    dtype = torch.float16 if settings.half else torch.float32
+    key = (settings.random_weights_seed, device, dtype)
+    if key not in _models:
+        _models[key] = fcn.seeded(settings.random_weights_seed).to(device, dtype)
+    return _models[key]

@@ -158,7 +158,7 @@ CASES: dict[str, Case] = {
     "corrupted-packets-vp9": Case(lambda: corrupted(encode(16, "libvpx-vp9", "webm"), {7, 8}), Frames(16)),
     "audio-only": Case(audio_only, Refused(r"the input has no video stream \(audio\)")),
     "h264-on-a-cpu-server": Case(
-        lambda: encode(8, "libx264", "mp4"), Refused(r"decodes on the cpu and reads vp8, vp9, mjpeg, not h264")
+        lambda: encode(8, "libx264", "mp4"), Refused(r"its CPU decoder reads vp8, vp9, mjpeg, not h264")
     ),
     # Still images open as 1-frame image2 videos: a JPEG is MJPEG, which the decoder reads; a PNG's codec it doesn't.
     "png-image": Case(lambda: image("png"), Refused(r"reads vp8, vp9, mjpeg, not png")),

@@ -96,6 +96,17 @@ def test_the_mask_keeps_a_pixel_exactly_when_its_class_probability_is_above_the_
     assert (run_mask(chunks, probs, [0.5, 0.5])[1][1][1, :6] == 0).all()
 
 
+def test_threshold_0_keeps_every_pixel_and_1_none_where_float16_rounds_the_probability_to_0_or_1():
+    probs = [np.array([[[[0.0, 6e-8, 1e-4, 0.5, 1 - 1e-4, 1.0]]]], np.float16)]
+    pipe = pipelines.build(mask.mask, batch_size=1, device_id=None, num_threads=1, with_frames=False)
+    kept = {}
+    for threshold in (0.0, 0.5, 1.0):
+        pipe.feed_input(mask.CLASS_PROBS, probs)
+        pipe.feed_input(mask.THRESHOLD, [np.array([threshold], np.float32)])
+        kept[threshold] = np.array(pipe.run()[0][0])[0, 0].tolist()
+    assert kept == {0.0: [1] * 6, 0.5: [0, 0, 0, 0, 1, 1], 1.0: [0] * 6}
+
+
 def test_the_mask_is_resized_to_the_frame_with_nearest_neighbours():
     rng = np.random.default_rng(1)
     chunk = rng.integers(60, 256, (2, 24, 32, 3), dtype=np.uint8)

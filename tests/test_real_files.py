@@ -13,7 +13,7 @@ from test_long_video import RATE, assert_frame_exact
 
 from repo.models import Settings
 from stream_client.cli import main
-from stream_client.probe import probe
+from stream_client.probe import layout, probe
 from stream_client.sample import make_video, sample_frame
 from stream_client.stream import SegmentationStream
 
@@ -37,6 +37,61 @@ def test_av1_in_matroska_comes_back_frame_exact_and_is_named_av1(server, tmp_pat
     with SegmentationStream(server.url) as stream:
         stream.send("as-is", source.read_bytes(), returns="mask")
         assert "reads vp8, vp9, mjpeg, not av1" in collect(stream, {"as-is"})["as-is"]
+
+
+# ---------------------------------------------------------------- a kit of files
+# A kit of files as phones, webcams and editors write them, mostly 160x120 (below HEVC's and VP9's smallest size on
+# NVDEC): name -> (encoder, pixel format, width, height, container suffix, encoder options).
+KIT = {
+    "h264": ("libx264", "yuv420p", 320, 240, ".mp4", {"bf": "2"}),
+    "hevc-160x128": ("libx265", "yuv420p", 160, 128, ".mp4", {}),
+    "hevc-10bit-160x128-mov": ("libx265", "yuv420p10le", 160, 128, ".mov", {}),
+    "hevc-10bit": ("libx265", "yuv420p10le", 320, 240, ".mkv", {}),
+    "vp9-160x120-webm-named-mp4": ("libvpx-vp9", "yuv420p", 160, 120, ".webm", {}),
+    "av1-mkv": ("libsvtav1", "yuv420p", 160, 120, ".mkv", {"preset": "12"}),
+    "mpeg2-ts": ("mpeg2video", "yuv420p", 160, 120, ".ts", {}),
+    "mpeg4-bframes-avi": ("mpeg4", "yuv420p", 160, 120, ".avi", {"bf": "2"}),
+    "mjpeg-avi": ("mjpeg", "yuvj420p", 160, 120, ".avi", {}),
+    "h264-444-97x55": ("libx264", "yuv444p", 97, 55, ".mp4", {}),
+    "h264-10bit": ("libx264", "yuv420p10le", 160, 120, ".mp4", {}),
+}
+
+
+def make_kit_file(folder: Path, name: str, frames: int = 30, rate: int = 25) -> Path:
+    encoder, pix_fmt, width, height, suffix, options = KIT[name]
+    path = folder / f"{name}{suffix}"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(encoder, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.codec_context.options = {"g": "10", **options}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(sample_frame(i, height, width), format="rgb24")
+            container.mux(stream.encode(frame.reformat(format=pix_fmt)))
+        container.mux(stream.encode())
+    if "named-mp4" in name:
+        path = path.rename(path.with_suffix(".mp4"))
+    return path
+
+
+def refusal(info, path: Path) -> str | None:
+    """Why the server of `info` does not take the file as it is (None: it does)."""
+    with av.open(str(path)) as container:
+        found = container.streams.video[0].codec_context
+        return info.refusal(found.codec.canonical_name, *layout(found.pix_fmt), found.width, found.height)
+
+
+@pytest.mark.parametrize("name", KIT)
+def test_every_file_comes_back_whole_converted_only_where_the_decoder_does_not_take_it(server, tmp_path, capsys, name):
+    source = make_kit_file(tmp_path, name)
+    with SegmentationStream(server.url) as stream:
+        info = stream.server_info()
+    converted = refusal(info, source)
+    out = tmp_path / "out.mp4"
+    summary = segment(source, out, server.url)
+    assert_frame_exact(source, out)
+    err = capsys.readouterr().err
+    assert ("re-encoding" in err) == bool(converted), err
+    assert summary["frames"] == 30
 
 
 # ---------------------------------------------------------------- audio

@@ -36,7 +36,8 @@ def repository(request, tmp_path):
 def test_every_config_parses_and_writes_max_batch_size_in_its_text(repository):
     settings, repo = repository
     configs = {d.name: parse(d / "config.pbtxt") for d in repo.iterdir()}
-    assert set(configs) == {protocol.ENTRY, protocol.MASK_ENTRY, models.CHECK, *DALI_MODELS, models.SEGMENTER}
+    assert set(configs) == {protocol.ENTRY, protocol.MASK_ENTRY, models.CHECK, protocol.FORMATS_MODEL, *DALI_MODELS,
+                            models.SEGMENTER}  # fmt: skip
     for name, config in configs.items():
         assert config.name == name
         # The native DALI backend reads the field from the text; a missing one means "batched" to it.
@@ -49,10 +50,12 @@ def test_every_config_parses_and_writes_max_batch_size_in_its_text(repository):
             assert configs[name].default_model_filename == "dali.py"  # no probe of a missing model.dali
     assert configs[models.DECODER].max_batch_size == configs[models.INPUT_DECODER].max_batch_size == 0
     assert configs[models.DECODER].model_transaction_policy.decoupled
-    for name in (models.CHECK, models.SEGMENTER):
+    for name in (models.CHECK, models.SEGMENTER, protocol.FORMATS_MODEL):
         assert configs[name].backend == "python" and (repo / name / "1" / "model.py").is_file()
     kind = mc.ModelInstanceGroup.KIND_GPU if settings.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     assert configs[models.SEGMENTER].instance_group[0].kind == kind
+    assert configs[protocol.FORMATS_MODEL].instance_group[0].kind == kind  # on a GPU, it asks the decoders' GPU
+    assert not configs[protocol.FORMATS_MODEL].input
     assert configs[models.CHECK].instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
 
 

@@ -3,7 +3,8 @@
 Per request (one video, or one segment of a long one):
 1. the parameters: `class` (a VOC class name) and `threshold` (in [0, 1]), the config's defaults when absent;
    anything else is refused (a misspelt parameter would otherwise be ignored);
-2. the video: readable, with a video stream, in a codec this server's decoder reads, within the request limits,
+2. the video: readable, with a video stream, in a format this server's decoder takes (codec, chroma, bit depth and
+   size, as `decoder_formats` says, asked of the GPU), within the request limits,
    without an edit list that hides frames (DALI would decode them);
    and, on a GPU, short enough that its decoded frames fit the video's share of the GPU memory (the decoder runs
    ahead of the segmenter by up to the whole request: this is the bound on what a video holds at once);
@@ -27,8 +28,23 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         self.info = protocol.ServerInfo.from_parameters(params)
         self.max_height, self.max_width = json.loads(params["max_frame_size"])
+        self.formats_asked = False
+
+    def _ask_formats(self) -> None:
+        """What the decoder takes, from `decoder_formats` (once: it asked the device when the server started)."""
+        request = pb_utils.InferenceRequest(
+            model_name=protocol.FORMATS_MODEL, requested_output_names=[protocol.FORMATS], inputs=[]
+        )
+        response = request.exec()
+        if response.has_error():
+            raise pb_utils.TritonModelException(f"check_video: {response.error().message()}")
+        text = pb_utils.get_output_tensor_by_name(response, protocol.FORMATS).as_numpy()[0]
+        self.info = self.info.with_formats(protocol.formats_from_json(text.decode()))
+        self.formats_asked = True
 
     def execute(self, requests: list) -> list:
+        if not self.formats_asked:
+            self._ask_formats()
         responses = []
         for request in requests:
             try:
@@ -91,11 +107,10 @@ class TritonPythonModel:
                 f"({self.info.video_memory_bytes / 2**30:.2f} GiB): send segments of at most {fits} frames (the "
                 "project's client cuts them so)"
             )
-        if found.codec not in self.info.codecs:
+        if why := self.info.refusal(found.codec, found.chroma, found.bit_depth, found.width, found.height):
             raise ValueError(
-                f"this server decodes on the {self.info.decoder_device} and reads {', '.join(self.info.codecs)}, "
-                f"not {found.codec}: re-encode the video (the project's client does it when it sees this server's "
-                "codecs)"
+                f"this server cannot decode the video: {why}; re-encode it (the project's client does, as it reads "
+                f"what this server's decoder takes from {protocol.FORMATS_MODEL})"
             )
         if found.hidden:
             # DALI's video input decodes the frames an edit list cuts: its frames would not be the video's, and the

@@ -8,9 +8,7 @@ differ with the batch the server happened to form, which flips pixels within a f
 """
 
 import io
-import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,31 +17,22 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers and reference
 from helpers import collect  # noqa: E402
 from reference import segmented as reference  # noqa: E402
+from test_masks import (  # noqa: E402, F401
+    asked,
+    made_clips,
+    test_each_chunk_of_a_decoder_carries_its_own_requests_frames_and_values,
+    test_every_segments_masks_agree_with_a_reference_decoded_by_pyav,
+)
 
 from pipelines.mask import class_index
-from repo.build import build
-from repo.models import Settings, server_args, tuned
-from repo.serve import TritonServer
 from stream_client.reorder import Reorderer
 from stream_client.sample import make_video
 from stream_client.segment import segment_file
 from stream_client.stream import SegmentationStream
 
-# The GPU server as the CLI starts it (tuned), with fewer decoders: these tests are about correctness.
-SETTINGS = replace(Settings(**tuned("gpu"), device="gpu", random_weights_seed=0), decoder_instances=4)
+from .conftest import SETTINGS  # noqa: E402
+
 MAX_DIFFERENT = 5e-3
-
-
-DALI_BACKEND = os.environ.get("SEGMENT_DALI_BACKEND")
-
-
-@pytest.fixture(scope="module", params=["python", *(["dali"] if DALI_BACKEND else [])])
-def gpu_server(request, tmp_path_factory):
-    settings = replace(SETTINGS, target=request.param)
-    repository = build(settings, tmp_path_factory.mktemp("repo") / "repo")
-    backend = DALI_BACKEND if request.param == "dali" else None
-    with TritonServer(repository, args=server_args(settings), dali_backend=backend) as server:
-        yield server
 
 
 def in_order(chunks, what: str) -> np.ndarray:
@@ -54,9 +43,9 @@ def in_order(chunks, what: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("codec,suffix", [("libx264", ".mp4"), ("libx265", ".mp4")], ids=["h264", "hevc"])
-def test_nvdec_chain_is_frame_exact_and_matches_the_gpu_reference(gpu_server, tmp_path, codec, suffix):
+def test_nvdec_chain_is_frame_exact_and_matches_the_gpu_reference(server, tmp_path, codec, suffix):
     data = make_video(tmp_path / f"v{suffix}", 53, width=320, height=240, codec=codec).read_bytes()
-    with SegmentationStream(gpu_server.url, idle_timeout=120) as stream:
+    with SegmentationStream(server.url, idle_timeout=120) as stream:
         assert stream.server_info().decoder_device == "gpu"
         stream.send("v", data, class_name="pottedplant", threshold=0.2, returns="both")
         stream.send("m", data, class_name="pottedplant", threshold=0.2, returns="mask")
@@ -71,11 +60,11 @@ def test_nvdec_chain_is_frame_exact_and_matches_the_gpu_reference(gpu_server, tm
     assert 0 < mask.sum() < mask.size
 
 
-def test_nothing_is_lost_with_16_segments_in_flight(gpu_server, tmp_path):
+def test_nothing_is_lost_with_16_segments_in_flight(server, tmp_path):
     source = make_video(tmp_path / "long.mp4", 480, width=640, height=360, codec="libx264",
                         options={"g": "15", "keyint_min": "15", "bf": "2"})  # fmt: skip
     progress = io.StringIO()
-    summary = segment_file(source, tmp_path / "out.mp4", gpu_server.url, threshold=0.0, window=16, max_seconds=0.5,
+    summary = segment_file(source, tmp_path / "out.mp4", server.url, threshold=0.0, window=16, max_seconds=0.5,
                            returns="both", progress_out=progress)  # fmt: skip
     assert summary.segments >= 16 and summary.frames == 480 and summary.frames_this_run == 480
     assert "trying again" not in progress.getvalue()

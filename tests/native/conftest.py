@@ -14,7 +14,7 @@ import pytest
 from conftest import SETTINGS
 
 from repo.build import build
-from repo.models import server_args
+from repo.models import Settings, server_args
 from repo.serve import ServerError, TritonServer, dali_backend_folder
 
 DEFAULT_PLACE = Path(__file__).resolve().parents[2] / "build" / "native" / "dali"
@@ -29,6 +29,11 @@ def backend_missing() -> str | None:
     except ServerError as e:
         return f"Triton's DALI backend is not built here: {e} (SEGMENT_DALI_BACKEND names one; see the README)"
     return None
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return NATIVE
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,12 @@ from test_long_video import (  # noqa: E402, F401
     test_a_cancelled_run_leaves_the_server_serving,
     test_a_video_several_segments_long_comes_back_frame_exact,
 )
+from test_masks import (  # noqa: E402, F401
+    asked,
+    made_clips,
+    test_each_chunk_of_a_decoder_carries_its_own_requests_frames_and_values,
+    test_every_segments_masks_agree_with_a_reference_decoded_by_pyav,
+)
 
 
 def test_the_backend_has_no_watchdog_a_video_the_runner_would_fail_as_stuck_comes_back_whole(tmp_path, video):
