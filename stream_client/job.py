@@ -254,6 +254,17 @@ class Job:
             self.watch.written()
         return Outcome(self.source.name, str(self.output.out), "finished", self.summary())
 
+    def keep_written(self) -> None:
+        """A live recording cancelled (a second Ctrl-C): the segments written so far become its MP4, said where."""
+        manifest = self.output.manifest
+        if manifest is None or not manifest.listed():
+            return
+        listed = manifest.listed()
+        self.output.finish(self.kept_class)
+        seconds = sum(duration for _, duration in listed)
+        self.progress.say_about(f"cancelled: {self.output.out} has the {len(listed)} segments written before "
+                                f"({seconds:.1f} s)")  # fmt: skip
+
     def summary(self) -> Summary:
         seconds = time.monotonic() - self.started
         paths = self.output.written_paths

@@ -89,6 +89,11 @@ class Run:
                 self._ended(job, job.stop("cancelled before it started"))
             else:
                 job.source.stop()
+                if job.state == "running":
+                    job.progress.say_about(
+                        f"stopping: the segments already received are finished and {job.output.out} is written "
+                        "(Ctrl-C again to cancel: it then gets the segments written so far)"
+                    )
         self.events.put(_Arrived())
 
     def _fill(self) -> None:
@@ -295,6 +300,10 @@ def _tidied(jobs: list[Job]) -> Iterator[None]:
         for job in jobs:
             if job.state == "running" and job.watch is not None:
                 job.watch.end("cancelled" if isinstance(e, KeyboardInterrupt) else str(e))
+        if isinstance(e, KeyboardInterrupt):  # a live recording cancelled keeps what it has written, playable
+            for job in jobs:
+                if job.state == "running" and job.source.live:
+                    job.keep_written()
         for job in jobs:
             if job.state != "finished":
                 job.output.tidy()

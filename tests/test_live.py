@@ -188,6 +188,30 @@ def test_a_source_faster_than_the_server_drops_whole_segments_and_says_how_far_b
     assert "dropped segments" in run.err
 
 
+def test_ctrl_c_says_what_it_does_and_a_second_one_keeps_a_playable_mp4_of_what_was_written(server, tmp_path):
+    """As people press it: once, the run says it is finishing what arrived and that another Ctrl-C cancels; again
+    while it finishes (30 s of video arrived at once, and the server is slower), the MP4 still gets every segment
+    written so far, in order, and the run says where."""
+    frames = 300
+    run = Cli("-", tmp_path / "live.mp4", server.url, "--window", "1")
+    write_ts(run.proc.stdin, frames, paced=False)
+    deadline = time.monotonic() + 120
+    while len(run.listed()) < 2:
+        assert time.monotonic() < deadline and run.proc.poll() is None, run.err
+        time.sleep(0.1)
+    run.proc.send_signal(signal.SIGINT)
+    while "Ctrl-C again to cancel" not in run.err:
+        assert time.monotonic() < deadline + 5 and run.proc.poll() is None, run.err
+        time.sleep(0.05)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait() == 130, run.err
+    assert f"cancelled: {run.out} has the " in run.err, run.err
+    _, pictures = decoded(run.out)
+    indices = sample_indices(pictures, frames)
+    assert len(indices) >= 2 * GOP and len(indices) % GOP == 0 and len(indices) < frames
+    assert indices == list(range(len(indices)))  # whole segments from the first, in order
+
+
 def test_memory_stays_flat_while_a_live_source_runs_and_sigterm_ends_it_with_every_frame(server, tmp_path):
     seconds, rate = 60, 5
     run = Cli("-", tmp_path / "long.mp4", server.url, "--segment-seconds", "1")
