@@ -110,8 +110,8 @@ class Job:
         done = self.source.frames_of(set(manifest.done))
         self.progress = Progress(self.source.total_frames, done, self.progress_out, self.name)
         if self.watch is None:  # else its page is where to watch it
-            playlist = self.output.parts / self.output.playlists[0][1]
-            self.progress.say_about(f"watch it while it runs: {playlist}")
+            if not live:  # a live source's: once something has come from it (`launched`)
+                self._say_where_to_watch()
         else:
             self.watch.start(manifest, self.output.timeline, self.source.total_frames, done,
                              [s.url for s in sender.streams], self.settings.kinds[0], live)  # fmt: skip
@@ -123,6 +123,9 @@ class Job:
     def take(self) -> Piece | None:
         return self.source.take() if self.state == "running" else None
 
+    def _say_where_to_watch(self) -> None:
+        self.progress.say_about(f"watch it while it runs: {self.output.parts / self.output.playlists[0][1]}")
+
     def launched(self, state: InFlight, reencoded: str | None, pool: Encoders, model_size: tuple[int, int]) -> None:
         """A segment was sent: its encoder starts."""
         segment, info = state.piece.segment, self.source.info
@@ -131,6 +134,8 @@ class Job:
         self.reencoded = reencoded or self.reencoded
         self.in_flight += 1
         if self.source.live:
+            if not self.output.manifest.segments and self.watch is None:
+                self._say_where_to_watch()
             self.output.cut(max(self.output.manifest.segments, segment.index + 1))
             self._arrivals[segment.index] = state.piece.arrived
         if self.watch is not None:

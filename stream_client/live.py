@@ -152,6 +152,9 @@ class LiveSource:
     def _read(self, max_frames: MaxFrames) -> None:
         try:
             container = self._opened()
+        except av.ExitError:  # the timeout's interrupt: silent from the start
+            self._end(error=f"nothing came from it within {self.idle_seconds:g} s (--live-timeout)")
+            return
         except (av.FFmpegError, OSError) as e:
             self._end(error=f"could not open it: {e}")
             return

@@ -168,6 +168,15 @@ def test_a_udp_source_ends_on_sigint_with_what_was_received_and_its_playlist_kee
     print(f"UDP: {len(sent)} frames sent, {len(indices)} in the MP4 (frames {first}-{indices[-1]})")
 
 
+def test_a_source_that_never_sends_fails_in_one_line_after_the_timeout_with_nothing_left_behind(server, tmp_path):
+    port = free_udp_port()
+    run = Cli(f"udp://127.0.0.1:{port}", tmp_path / "silent.mp4", server.url, "--live-timeout", "2")
+    assert run.wait() == 1, run.err
+    assert run.lines == [f"segment-video: error: udp://127.0.0.1:{port}: nothing came from it within 2 s "
+                         "(--live-timeout)"], run.err  # fmt: skip
+    assert not parts_folder(run.out).exists() and not run.out.exists()
+
+
 def test_a_source_faster_than_the_server_drops_whole_segments_and_says_how_far_behind(server, tmp_path):
     frames = 300  # written at once: 30 s of video in well under a second
     run = Cli("-", tmp_path / "fast.mp4", server.url, "--live-backlog", "2", "--window", "1")
