@@ -60,6 +60,7 @@ def plan(
         times, sizes = array("q"), array("q")
         candidates: list[int] = []  # keyframes whose bitstream allows a clean start
         timed = True
+        last_corrupt = False
         for packet in container.demux(stream):
             if not packet.size:
                 continue
@@ -71,6 +72,11 @@ def plan(
                 candidates.append(len(times))
             times.append(ts)
             sizes.append(packet.size)
+            last_corrupt = packet.is_corrupt
+    if last_corrupt:  # a file cut short ends in part of a frame (AVI): not a frame, and a decoder fails on it
+        times.pop()
+        sizes.pop()
+        candidates = [c for c in candidates if c < len(times)]
     count = len(times)
     if not count:
         return []

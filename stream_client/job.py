@@ -109,6 +109,8 @@ class Job:
             raise SegmentError(f"{self.source.name}: {e}" if live else str(e)) from None
         done = self.source.frames_of(set(manifest.done))
         self.progress = Progress(self.source.total_frames, done, self.progress_out, self.name)
+        if self.source.ends_early:
+            self.progress.say_about(self.source.ends_early)
         if self.watch is None:  # else its page is where to watch it
             if not live:  # a live source's: once something has come from it (`launched`)
                 self._say_where_to_watch()

@@ -66,6 +66,7 @@ class _Pipe:
 
 class LiveSource:
     live = True
+    ends_early = None  # a live source has no announced length
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ class FileSource:
         self.info: VideoInfo | None = None
         self.plan: list[gops.SegmentPlan] = []
         self.total_frames = 0
+        self.ends_early: str | None = None  # said when the file holds fewer frames than its container announces
         self.first_pts = 0  # the timeline's origin: the first frame's timestamp
         self.seconds = 0.0
         self._pending: Iterator[gops.Segment] = iter(())
@@ -64,11 +65,17 @@ class FileSource:
             stream = container.streams.video[0]
             time_base = stream.time_base or Fraction(1, 1)
             pts = [p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None] or [0]
-        self.info = VideoInfo(found.codec, found.height, found.width, found.rate, time_base, found.chroma,
-                              found.bit_depth)  # fmt: skip
+            # What the container's header says it holds: its frame count (MP4, AVI) or its duration (Matroska).
+            seconds = container.duration / 1e6 if container.duration else 0.0
+            announced = stream.frames or (round(seconds * found.rate) if found.rate else 0)
         self.plan = gops.plan(self.path, max_seconds=self.max_seconds, max_bytes=self.max_bytes,
                               max_frames=max_frames(found.height, found.width))  # fmt: skip
-        self.total_frames = found.packets
+        self.total_frames = sum(p.frames for p in self.plan)  # a frame cut in half at the file's end is left out
+        if announced - self.total_frames > max(1, announced // 50):
+            self.ends_early = (f"the file ends early: {self.total_frames} of the {announced} frames its container "
+                               "announces; every whole frame before its end is kept")  # fmt: skip
+        self.info = VideoInfo(found.codec, found.height, found.width, found.rate, time_base, found.chroma,
+                              found.bit_depth)  # fmt: skip
         self.first_pts = min(pts)
         self.seconds = float((max(pts) - self.first_pts) * time_base) + 1 / float(found.rate or 30)
 

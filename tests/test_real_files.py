@@ -9,9 +9,10 @@ import av
 import numpy as np
 import pytest
 from helpers import collect
-from test_long_video import RATE, assert_frame_exact
+from test_long_video import RATE, assert_frame_exact, decoded
 
 from repo.models import Settings
+from stream_client import gops
 from stream_client.cli import main
 from stream_client.probe import layout, probe
 from stream_client.sample import make_video, sample_frame
@@ -92,6 +93,28 @@ def test_every_file_comes_back_whole_converted_only_where_the_decoder_does_not_t
     err = capsys.readouterr().err
     assert ("re-encoding" in err) == bool(converted), err
     assert summary["frames"] == 30
+
+
+@pytest.mark.parametrize("suffix, codec", [(".webm", "libvpx-vp9"), (".avi", "mjpeg")])
+def test_a_file_that_ends_early_keeps_every_whole_frame_and_says_where_it_ended(server, tmp_path, capsys, suffix,
+                                                                                codec):  # fmt: skip
+    whole = make_video(tmp_path / f"whole{suffix}", 34, codec=codec, options={"g": "10"})
+    segment(whole, tmp_path / "whole.mp4", server.url)
+    assert "ends early" not in capsys.readouterr().err
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    summary = segment(cut, tmp_path / "out.mp4", server.url)
+    kept = sum(part.frames for part in gops.plan(cut))  # without a frame cut in half at the end (AVI)
+    assert 0 < kept < 34 and summary["frames"] == kept
+    with av.open(str(cut)) as container:  # PyAV fails on the last packet of the AVI (part of a frame): left out
+        stream = container.streams.video[0]
+        whole = [f for packet in container.demux(stream) if not packet.is_corrupt for f in packet.decode()]
+    times_out, frames_out = decoded(tmp_path / "out.mp4")
+    assert len(whole) == len(times_out) == kept
+    assert max(abs(float(t - f.pts * f.time_base)) for t, f in zip(times_out, whole, strict=True)) < 1e-3
+    assert_nearest(list(frames_out), [f.to_ndarray(format="rgb24") for f in whole])
+    err = capsys.readouterr().err
+    assert f"the file ends early: {kept} of the 34 frames its container announces" in err, err
 
 
 # ---------------------------------------------------------------- audio
