@@ -133,6 +133,8 @@ class Job:
         segment, info = state.piece.segment, self.source.info
         if self.source.first_pts is None:
             self.source.first_pts = segment.pts[0]
+            if self.source.live:
+                self.output.manifest.source_start = float(segment.pts[0] * info.time_base)
         self.reencoded = reencoded or self.reencoded
         self.in_flight += 1
         if self.source.live:
@@ -282,7 +284,7 @@ class Job:
             self.kept / max(self.total, 1), self.output.manifest.segments, self.reencoded, self.source.live,
             self.dropped_frames, self.latency.as_dict(), self.retried, [track.as_dict() for track in self.audio],
             [f"{change}, scaled to {self.source.info.width}x{self.source.info.height} in the MP4"
-             for change in self.size_changes],
+             for change in self.size_changes], self.output.manifest.source_start,
         )  # fmt: skip
 
     def fail(self, error: str) -> Outcome:

@@ -24,6 +24,8 @@ class Manifest:
     sizes: dict[int, list[list[int]]] = field(default_factory=dict)  # finished segment -> `encoders.Written.sizes`
     live: bool = False  # a live source: its segments are cut as it plays, and it cannot be resumed
     dropped: set[int] = field(default_factory=set)  # segments of a live source that fell behind, never written
+    # A live source's clock at its first frame (s): the segments keep that clock, the MP4 starts at 0.
+    source_start: float | None = None
 
     @classmethod
     def new(cls, source: Path, options: dict, plan: list[SegmentPlan], class_name: str | None = None) -> "Manifest":

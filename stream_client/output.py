@@ -171,10 +171,13 @@ class Refit:
     encoding: Encoding
 
 
-def concat(folder: Path, indices: list[int], out: Path, kind: str = "segment", refit: Refit | None = None) -> None:
+def concat(folder: Path, indices: list[int], out: Path, kind: str = "segment", refit: Refit | None = None,
+           rebase: bool = False) -> None:  # fmt: skip
     """Remux these segments, in this order, into one MP4 (no re-encoding but `refit`'s; timestamps are already the
-    source's)."""
+    source's). `rebase`: the MP4 starts at its first frame (a live source's clock started long before: kept as it
+    is, players that honour the MP4's edit list would show that long of nothing first)."""
     partial = out.with_name(out.name + ".partial")
+    origin: int | None = None if rebase else 0  # subtracted from every timestamp (MPEG-TS: one time base)
     with av.open(str(partial), "w", format="mp4") as container:
         streams: dict[int, av.stream.Stream] = {}  # every segment has the same streams: the video, then the audio
         for index in indices:
@@ -188,20 +191,25 @@ def concat(folder: Path, indices: list[int], out: Path, kind: str = "segment", r
                 if refit is not None and index in refit.segments:
                     encoder = h264(None, refit.size, video.time_base, refit.rate, refit.encoding)
                 for packet in segment.demux():
+                    if origin is None and packet.dts is not None:
+                        origin = packet.dts  # the first in decode order: the smallest
                     if encoder is not None and packet.stream.index == video.index:
                         for frame in packet.decode():  # the last, empty packet ends the decoding
-                            _mux_to(container, streams[video.index], encoder.encode(videos.fit(frame, *refit.size)))
+                            picture = videos.fit(frame, *refit.size)
+                            _mux_to(container, streams[video.index], encoder.encode(picture), origin or 0)
                         continue
                     if packet.dts is None or packet.stream.index not in streams:
                         continue
-                    packet.stream = streams[packet.stream.index]
-                    container.mux(packet)
+                    _mux_to(container, streams[packet.stream.index], [packet], origin or 0)
                 if encoder is not None:
-                    _mux_to(container, streams[video.index], encoder.encode(None))
+                    _mux_to(container, streams[video.index], encoder.encode(None), origin or 0)
     os.replace(partial, out)
 
 
-def _mux_to(container: av.container.OutputContainer, stream: av.stream.Stream, packets: list[av.Packet]) -> None:
+def _mux_to(container: av.container.OutputContainer, stream: av.stream.Stream, packets: list[av.Packet],
+            origin: int = 0) -> None:  # fmt: skip
     for packet in packets:
         packet.stream = stream
+        packet.dts = None if packet.dts is None else packet.dts - origin
+        packet.pts = None if packet.pts is None else packet.pts - origin
         container.mux(packet)

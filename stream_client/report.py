@@ -31,6 +31,7 @@ class Summary:
     segments_retried: int = 0  # segments a server failed on once and that went through when sent again
     audio: list[dict] = field(default_factory=list)  # per audio track of the source: copied, transcoded or left out
     size_changes: list[str] = field(default_factory=list)  # where the frames change size, and what the MP4 made of it
+    source_start_seconds: float | None = None  # a live source's clock at its first frame (the MP4 starts at 0)
 
     def line(self) -> str:
         first = f"{self.first_chunk_seconds:.2f} s" if self.first_chunk_seconds is not None else "-"

@@ -99,7 +99,7 @@ class VideoOutput:
         self._list(len(self.manifest.listed()), finished=True)
         indices = [index for index, _ in self.manifest.listed()]
         for kind, path in self.written_paths.items():
-            output.concat(self.parts, indices, path, kind, refit if kind == "segment" else None)
+            output.concat(self.parts, indices, path, kind, refit if kind == "segment" else None, self.manifest.live)
         self.timeline.write_beside(self.out, class_name)
 
     def size_changes(self, first: tuple[int, int], time_base: Fraction, first_pts: int) -> list[str]:

@@ -161,6 +161,9 @@ def test_a_udp_source_ends_on_sigint_with_what_was_received_and_its_playlist_kee
     indices = sample_indices(pictures, len(sent))
     first = indices[0]
     assert first % GOP == 0  # from a keyframe
+    # Joined after the source started: the MP4 starts at its first frame (no empty edit of the source's clock before
+    # it), and the summary keeps that clock.
+    assert abs(times[0]) < 1e-3 and run.report()["source_start_seconds"] >= first / RATE
     assert indices == list(range(first, first + len(indices)))  # every frame received, in order
     assert indices[-1] >= int(listed[-1][len("segment_") : -len(".ts")]) * GOP  # nothing listed is lost
     playlist = (parts_folder(run.out) / PLAYLIST).read_text()
